@@ -1,0 +1,59 @@
+-- diffrl.core: the Lua face of libdiffrl (tensors, ops, random, build info).
+-- The bindings layer: it may use the C library and LuaJIT, nothing above it.
+local api = require 'diffrl.core.ffi'
+local dtypes = require 'diffrl.core.dtype'
+local T = require 'diffrl.core.tensor'
+local F = require 'diffrl.core.factory'
+local ffi = require 'ffi'
+
+local C = api.C
+local M = {}
+
+M.Tensor, M.Size, M.is_tensor = T.Tensor, T.Size, T.is_tensor
+for _, k in ipairs { 'tensor', 'empty', 'zeros', 'ones', 'full', 'randn', 'rand',
+                     'Generator', 'manual_seed', 'default_generator' } do
+  M[k] = F[k]
+end
+
+-- dtypes as torch spells them: dr.float32 == 'float32'
+for code = 0, #dtypes.names do M[dtypes.names[code]] = dtypes.names[code] end
+M.float, M.half, M.long, M.int = 'float32', 'float16', 'int64', 'int32'
+
+-- Functional forms: dr.add(a, b) == a:add(b)
+for _, k in ipairs { 'add', 'sub', 'mul', 'div', 'neg', 'matmul', 'sum', 'reshape', 'view',
+                     'permute', 'transpose', 'narrow', 'select', 'clone', 'contiguous' } do
+  local method = T.Tensor[k]
+  M[k] = function(t, ...)
+    if not T.is_tensor(t) then api.raise(k .. ': expected a tensor, got ' .. type(t)) end
+    return method(t, ...)
+  end
+end
+
+function M.get_num_threads() return C.dr_get_num_threads() end
+function M.set_num_threads(n)
+  if type(n) ~= 'number' or n < 1 or n % 1 ~= 0 then
+    api.raise('set_num_threads: expected a positive integer, got ' .. tostring(n))
+  end
+  C.dr_set_num_threads(n)
+end
+
+M.cuda = {}
+function M.cuda.device_count() return C.dr_cuda_device_count() end
+function M.cuda.is_available() return C.dr_cuda_device_count() > 0 end
+
+-- Build facts as a table of strings (see `diffrl --version`).
+function M.build_info()
+  local b = C.dr_get_build_info()
+  local out = {}
+  for _, k in ipairs { 'version', 'git_commit', 'build_type', 'compiler', 'blas', 'cuda',
+                       'cudnn', 'nccl', 'mpi', 'sanitize' } do
+    out[k] = ffi.string(b[k])
+  end
+  out.luajit = require('jit').version
+  out.library = api.library
+  return out
+end
+
+M.version = ffi.string(C.dr_get_build_info().version)
+
+return M

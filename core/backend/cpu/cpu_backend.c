@@ -1,0 +1,130 @@
+/* The CPU backend table, memory, and the layout kernels (copy with cast, fill). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+
+void dr_iter_init(dr_iter *it, int32_t nops, const dr_tensor *const *ops) {
+    const dr_tensor *t0 = ops[0];
+    int32_t n = 0;
+    it->nops = nops;
+    for (int32_t k = 0; k < nops; k++) it->base[k] = ops[k]->storage_offset;
+    for (int32_t d = 0; d < t0->ndim; d++) {
+        if (t0->sizes[d] == 1) continue; /* size-1 dims never move the offset */
+        if (n > 0) {
+            bool mergeable = true;
+            for (int32_t k = 0; k < nops; k++)
+                if (it->strides[k][n - 1] != ops[k]->strides[d] * t0->sizes[d]) mergeable = false;
+            if (mergeable) {
+                it->sizes[n - 1] *= t0->sizes[d];
+                for (int32_t k = 0; k < nops; k++) it->strides[k][n - 1] = ops[k]->strides[d];
+                continue;
+            }
+        }
+        it->sizes[n] = t0->sizes[d];
+        for (int32_t k = 0; k < nops; k++) it->strides[k][n] = ops[k]->strides[d];
+        n++;
+    }
+    if (n == 0) { /* 0-d or all ones: one element */
+        it->sizes[0] = 1;
+        for (int32_t k = 0; k < nops; k++) it->strides[k][0] = 1;
+        n = 1;
+    }
+    for (int32_t d = 0; d < t0->ndim; d++)
+        if (t0->sizes[d] == 0) it->sizes[0] = 0;
+    it->ndim = n;
+    it->inner = it->sizes[n - 1];
+    it->rows = 1;
+    for (int32_t d = 0; d < n - 1; d++) it->rows *= it->sizes[d];
+    if (it->inner == 0) it->rows = 0;
+}
+
+static dr_status cpu_alloc(int32_t device_index, size_t nbytes, void **ptr) {
+    (void)device_index;
+    size_t rounded = (nbytes + 63) & ~(size_t)63;
+    *ptr = aligned_alloc(64, rounded);
+    return *ptr ? DR_OK : DR_ERR_OOM;
+}
+
+static void cpu_dealloc(int32_t device_index, void *ptr, size_t nbytes) {
+    (void)device_index;
+    (void)nbytes;
+    free(ptr);
+}
+
+/* Same dtype: move elements of `size` bytes. */
+#define DEFINE_COPY_SAME(NAME, T)                                                      \
+    static void NAME(const dr_iter *it, char *dst, const char *src) {                  \
+        _Pragma("omp parallel for schedule(static) if (it->rows * it->inner > DR_CPU_PARALLEL_MIN)") \
+        for (int64_t r = 0; r < it->rows; r++) {                                       \
+            int64_t off[2];                                                            \
+            dr_iter_row(it, r, off);                                                   \
+            T *d = (T *)dst + off[0];                                                  \
+            const T *s = (const T *)src + off[1];                                      \
+            int64_t ds = it->strides[0][it->ndim - 1], ss = it->strides[1][it->ndim - 1]; \
+            if (ds == 1 && ss == 1) memcpy(d, s, (size_t)it->inner * sizeof(T));       \
+            else for (int64_t i = 0; i < it->inner; i++) d[i * ds] = s[i * ss];        \
+        }                                                                              \
+    }
+DEFINE_COPY_SAME(copy_same_1, uint8_t)
+DEFINE_COPY_SAME(copy_same_2, uint16_t)
+DEFINE_COPY_SAME(copy_same_4, uint32_t)
+DEFINE_COPY_SAME(copy_same_8, uint64_t)
+
+static dr_status cpu_copy(dr_tensor *dst, const dr_tensor *src) {
+    const dr_tensor *ops[2] = {dst, src};
+    dr_iter it;
+    dr_iter_init(&it, 2, ops);
+    char *d = dr_cpu_base(dst);
+    const char *s = dr_cpu_base(src);
+    int32_t dt = dst->scalar_type, st = src->scalar_type;
+    if (dt == st) {
+        switch (dr_dtype_size(dt)) {
+        case 1: copy_same_1(&it, d, s); break;
+        case 2: copy_same_2(&it, d, s); break;
+        case 4: copy_same_4(&it, d, s); break;
+        default: copy_same_8(&it, d, s); break;
+        }
+        return DR_OK;
+    }
+    bool via_int = !dr_dtype_is_float(dt) && !dr_dtype_is_float(st);
+    int64_t ds = it.strides[0][it.ndim - 1], ss = it.strides[1][it.ndim - 1];
+#pragma omp parallel for schedule(static) if (it.rows * it.inner > DR_CPU_PARALLEL_MIN)
+    for (int64_t r = 0; r < it.rows; r++) {
+        int64_t off[2];
+        dr_iter_row(&it, r, off);
+        for (int64_t i = 0; i < it.inner; i++) {
+            int64_t di = off[0] + i * ds, si = off[1] + i * ss;
+            if (via_int) dr_store_i64(d, dt, di, dr_load_i64(s, st, si));
+            else dr_store_f64(d, dt, di, dr_load_f64(s, st, si));
+        }
+    }
+    return DR_OK;
+}
+
+static dr_status cpu_fill(dr_tensor *t, double value) {
+    /* Convert once into a 1-element tensor, then broadcast-copy it. */
+    uint64_t scalar_bits = 0;
+    dr_storage storage = {1, t->device, &scalar_bits, sizeof scalar_bits};
+    dr_tensor scalar;
+    memset(&scalar, 0, sizeof scalar);
+    scalar.ndim = t->ndim;
+    scalar.scalar_type = t->scalar_type;
+    scalar.device = t->device;
+    scalar.storage = &storage;
+    for (int32_t d = 0; d < t->ndim; d++) scalar.sizes[d] = t->sizes[d];
+    dr_store_f64(&scalar_bits, t->scalar_type, 0, value);
+    return cpu_copy(t, &scalar);
+}
+
+const dr_backend dr_cpu_backend = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .dealloc = cpu_dealloc,
+    .copy = cpu_copy,
+    .fill = cpu_fill,
+    .binary = dr_cpu_binary,
+    .matmul = dr_cpu_matmul,
+    .sum = dr_cpu_sum,
+    .random = dr_cpu_random,
+};

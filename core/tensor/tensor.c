@@ -1,0 +1,249 @@
+/* Tensor lifecycle: storage, refcounts, creation from data, element access. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensor_internal.h"
+#include "../backend/backend.h"
+#include "../util/scalar.h"
+
+static const int64_t dtype_sizes[DR_NUM_DTYPES] = {4, 2, 2, 8, 4, 1, 1};
+static const char *const dtype_names[DR_NUM_DTYPES] = {
+    "float32", "float16", "bfloat16", "int64", "int32", "uint8", "bool"};
+
+int64_t dr_dtype_size(int32_t dtype) { return dr_dtype_valid(dtype) ? dtype_sizes[dtype] : 0; }
+const char *dr_dtype_name(int32_t dtype) {
+    return dr_dtype_valid(dtype) ? dtype_names[dtype] : "invalid-dtype";
+}
+
+static void storage_release(dr_storage *s) {
+    if (!s) return;
+    if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    const dr_backend *be = dr_backend_get(s->device, "release");
+    if (be && s->data) be->dealloc(s->device.index, s->data, s->nbytes);
+    free(s);
+}
+
+void dr_tensor_retain(dr_tensor *t) {
+    if (t) __atomic_add_fetch(&t->refcount, 1, __ATOMIC_RELAXED);
+}
+
+void dr_tensor_release(dr_tensor *t) {
+    if (!t) return;
+    if (__atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    storage_release(t->storage);
+    free(t);
+}
+
+void dr_tensor_free(dr_tensor *t) {
+    if (!t) return;
+    dr_storage *s = t->storage;
+    t->storage = NULL;
+    storage_release(s);
+}
+
+int64_t dr_tensor_numel(const dr_tensor *t) {
+    int64_t n = 1;
+    for (int32_t i = 0; i < t->ndim; i++) n *= t->sizes[i];
+    return n;
+}
+
+int dr_tensor_is_contiguous(const dr_tensor *t) {
+    int64_t expected = 1;
+    for (int32_t i = t->ndim - 1; i >= 0; i--) {
+        if (t->sizes[i] == 1) continue;
+        if (t->strides[i] != expected) return 0;
+        expected *= t->sizes[i];
+    }
+    return 1;
+}
+
+void *dr_tensor_data(const dr_tensor *t) {
+    if (!t || !t->storage || !t->storage->data) return NULL;
+    return (char *)t->storage->data + t->storage_offset * dtype_sizes[t->scalar_type];
+}
+
+void dr_tensor_set_contiguous_strides(dr_tensor *t) {
+    int64_t s = 1;
+    for (int32_t i = t->ndim - 1; i >= 0; i--) {
+        t->strides[i] = s;
+        s *= t->sizes[i] > 1 ? t->sizes[i] : 1;
+    }
+}
+
+dr_status dr_check_sizes(const int64_t *sizes, int32_t ndim, const char *op, int64_t *numel) {
+    if (ndim < 0 || ndim > DR_MAX_DIMS)
+        return dr_fail(DR_ERR_ARG, "%s: %d dimensions requested, at most %d are supported", op,
+                       ndim, DR_MAX_DIMS);
+    if (ndim > 0 && !sizes) return dr_fail(DR_ERR_ARG, "%s: sizes is nil", op);
+    int64_t n = 1;
+    for (int32_t i = 0; i < ndim; i++) {
+        if (sizes[i] < 0)
+            return dr_fail(DR_ERR_ARG, "%s: negative size %lld in dimension %d of %s", op,
+                           (long long)sizes[i], i + 1, dr_sizes_str(sizes, ndim));
+        if (sizes[i] != 0 && n > INT64_MAX / sizes[i])
+            return dr_fail(DR_ERR_ARG, "%s: shape %s has too many elements", op,
+                           dr_sizes_str(sizes, ndim));
+        n *= sizes[i];
+    }
+    if (numel) *numel = n;
+    return DR_OK;
+}
+
+dr_status dr_tensor_new(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_device device,
+                        const char *op, dr_tensor **out) {
+    int64_t numel;
+    if (!out) return dr_fail(DR_ERR_ARG, "%s: out is NULL", op);
+    *out = NULL;
+    DR_TRY(dr_check_sizes(sizes, ndim, op, &numel));
+    if (!dr_dtype_valid(dtype)) return dr_fail(DR_ERR_DTYPE, "%s: unknown dtype code %d", op, dtype);
+    const dr_backend *be = dr_backend_get(device, op);
+    if (!be) return DR_ERR_DEVICE;
+    if (numel > INT64_MAX / 8)
+        return dr_fail(DR_ERR_ARG, "%s: shape %s has too many elements", op,
+                       dr_sizes_str(sizes, ndim));
+    size_t nbytes = (size_t)(numel * dtype_sizes[dtype]);
+
+    dr_storage *s = calloc(1, sizeof *s);
+    dr_tensor *t = calloc(1, sizeof *t);
+    if (!s || !t) {
+        free(s);
+        free(t);
+        return dr_fail(DR_ERR_OOM, "%s: out of host memory for a tensor header", op);
+    }
+    s->refcount = 1;
+    s->device = device;
+    s->nbytes = nbytes;
+    if (nbytes > 0) {
+        dr_status st = be->alloc(device.index, nbytes, &s->data);
+        if (st != DR_OK) {
+            free(s);
+            free(t);
+            return dr_fail(st, "%s: cannot allocate %zu bytes on %s for %s %s", op, nbytes,
+                           dr_device_str(device), dr_dtype_name(dtype), dr_sizes_str(sizes, ndim));
+        }
+    }
+    t->refcount = 1;
+    t->ndim = ndim;
+    t->scalar_type = dtype;
+    t->device = device;
+    t->storage = s;
+    for (int32_t i = 0; i < ndim; i++) t->sizes[i] = sizes[i];
+    dr_tensor_set_contiguous_strides(t);
+    *out = t;
+    return DR_OK;
+}
+
+dr_status dr_tensor_alias(const dr_tensor *t, dr_tensor **out) {
+    dr_tensor *v = malloc(sizeof *v);
+    if (!v) return dr_fail(DR_ERR_OOM, "view: out of host memory for a tensor header");
+    *v = *t;
+    v->refcount = 1;
+    v->flags = 0;
+    v->autograd = NULL;
+    __atomic_add_fetch(&v->storage->refcount, 1, __ATOMIC_RELAXED);
+    *out = v;
+    return DR_OK;
+}
+
+dr_status dr_tensor_empty(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_device device,
+                          dr_tensor **out) {
+    return dr_tensor_new(sizes, ndim, dtype, device, "empty", out);
+}
+
+dr_status dr_tensor_full(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_device device,
+                         double value, dr_tensor **out) {
+    DR_TRY(dr_tensor_new(sizes, ndim, dtype, device, "full", out));
+    dr_status st = dr_tensor_fill_(*out, value);
+    if (st != DR_OK) {
+        dr_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+dr_status dr_tensor_from_f64(const double *data, const int64_t *sizes, int32_t ndim,
+                             int32_t dtype, dr_device device, dr_tensor **out) {
+    dr_tensor *src;
+    int64_t numel;
+    DR_TRY(dr_check_sizes(sizes, ndim, "tensor", &numel));
+    if (numel > 0 && !data) return dr_fail(DR_ERR_ARG, "tensor: data is NULL");
+    if (!dr_dtype_valid(dtype)) return dr_fail(DR_ERR_DTYPE, "tensor: unknown dtype code %d", dtype);
+    /* Stage the doubles on the CPU as f32 (float dtypes) or int64 (integer dtypes),
+     * then let the copy kernel cast and move them. */
+    int32_t staging = dr_dtype_is_float(dtype) ? DR_F32 : DR_I64;
+    DR_TRY(dr_tensor_new(sizes, ndim, staging, dr_cpu(), "tensor", &src));
+    if (staging == DR_F32) {
+        float *p = dr_tensor_data(src);
+        for (int64_t i = 0; i < numel; i++) p[i] = (float)data[i];
+    } else {
+        int64_t *p = dr_tensor_data(src);
+        for (int64_t i = 0; i < numel; i++) {
+            double v = data[i];
+            if (!(v >= -9223372036854775808.0 && v < 9223372036854775808.0)) {
+                dr_tensor_release(src);
+                return dr_fail(DR_ERR_ARG, "tensor: value %g at flat index %lld does not fit %s",
+                               v, (long long)i, dr_dtype_name(dtype));
+            }
+            p[i] = (int64_t)v;
+        }
+    }
+    dr_status st = dr_tensor_new(sizes, ndim, dtype, device, "tensor", out);
+    if (st == DR_OK) {
+        st = dr_tensor_copy_(*out, src);
+        if (st != DR_OK) {
+            dr_tensor_release(*out);
+            *out = NULL;
+        }
+    }
+    dr_tensor_release(src);
+    return st;
+}
+
+dr_status dr_tensor_to_f64(const dr_tensor *t, double *out, int64_t n) {
+    DR_TRY(dr_check_tensor(t, "tolist", "tensor"));
+    if (t->device.type != DR_CPU)
+        return dr_fail(DR_ERR_DEVICE, "tolist: tensor is on %s; move it to the cpu first",
+                       dr_device_str(t->device));
+    int64_t numel = dr_tensor_numel(t);
+    if (n < numel)
+        return dr_fail(DR_ERR_ARG, "tolist: buffer of %lld for %lld elements", (long long)n,
+                       (long long)numel);
+    int64_t idx[DR_MAX_DIMS] = {0};
+    const char *base = t->storage->data;
+    for (int64_t k = 0; k < numel; k++) {
+        int64_t off = t->storage_offset;
+        for (int32_t d = 0; d < t->ndim; d++) off += idx[d] * t->strides[d];
+        out[k] = dr_load_f64(base, t->scalar_type, off);
+        for (int32_t d = t->ndim - 1; d >= 0; d--) {
+            if (++idx[d] < t->sizes[d]) break;
+            idx[d] = 0;
+        }
+    }
+    return DR_OK;
+}
+
+dr_status dr_tensor_get(const dr_tensor *t, const int64_t *index, double *out) {
+    DR_TRY(dr_check_tensor(t, "get", "tensor"));
+    if (t->device.type != DR_CPU)
+        return dr_fail(DR_ERR_DEVICE, "get: tensor is on %s; move it to the cpu first",
+                       dr_device_str(t->device));
+    int64_t off = t->storage_offset;
+    for (int32_t d = 0; d < t->ndim; d++) {
+        if (index[d] < 0 || index[d] >= t->sizes[d])
+            return dr_fail(DR_ERR_ARG, "get: index %lld out of range for dimension %d of size %lld",
+                           (long long)index[d], d + 1, (long long)t->sizes[d]);
+        off += index[d] * t->strides[d];
+    }
+    *out = dr_load_f64(t->storage->data, t->scalar_type, off);
+    return DR_OK;
+}
+
+dr_status dr_tensor_item(const dr_tensor *t, double *out) {
+    DR_TRY(dr_check_tensor(t, "item", "tensor"));
+    int64_t n = dr_tensor_numel(t);
+    if (n != 1)
+        return dr_fail(DR_ERR_SHAPE, "item: tensor of shape %s has %lld elements, expected 1",
+                       dr_shape_str(t), (long long)n);
+    int64_t zeros[DR_MAX_DIMS] = {0};
+    return dr_tensor_get(t, zeros, out);
+}

@@ -1,0 +1,14 @@
+-- require 'diffrl': the library users and recipes see. Everything from the
+-- bindings (tensors, ops, random) under one name, plus the Lua library's
+-- modules as they land (samplers, RL algorithms, rewards, configs, ...).
+local core = require 'diffrl.core'
+local api = require 'diffrl.core.ffi'
+
+-- Errors raised inside this library are reported at the caller's line.
+local here = debug.getinfo(1, 'S').source:match('^@(.*)/init%.lua$')
+if here then api.add_internal_dir(here) end
+
+local M = {}
+for k, v in pairs(core) do M[k] = v end
+
+return M
