@@ -30,20 +30,21 @@ extern "C" int dr_cuda_runtime_device_count(void) {
 }
 
 extern "C" const char *dr_cuda_version_string(void) {
-    static char buf[96];
+    static char buf[128];
     int runtime = 0, driver = 0;
     cudaRuntimeGetVersion(&runtime);
     cudaDriverGetVersion(&driver);
-    std::snprintf(buf, sizeof buf, "%d.%d (runtime %d.%d, driver %d.%d)", CUDART_VERSION / 1000,
-                  (CUDART_VERSION % 1000) / 10, runtime / 1000, (runtime % 1000) / 10,
-                  driver / 1000, (driver % 1000) / 10);
+    char drv[32] = "no driver";
+    if (driver > 0) std::snprintf(drv, sizeof drv, "driver %d.%d", driver / 1000, (driver % 1000) / 10);
+    std::snprintf(buf, sizeof buf, "%d.%d (runtime %d.%d, %s)", CUDART_VERSION / 1000,
+                  (CUDART_VERSION % 1000) / 10, runtime / 1000, (runtime % 1000) / 10, drv);
     return buf;
 }
 
 extern "C" const char *dr_cudnn_version_string(void) {
 #ifdef CUDNN_MAJOR
-    static char buf[32];
-    std::snprintf(buf, sizeof buf, "%d.%d.%d (headers)", CUDNN_MAJOR, CUDNN_MINOR,
+    static char buf[64];
+    std::snprintf(buf, sizeof buf, "%d.%d.%d (headers; not linked yet)", CUDNN_MAJOR, CUDNN_MINOR,
                   CUDNN_PATCHLEVEL);
     return buf;
 #else
@@ -53,8 +54,8 @@ extern "C" const char *dr_cudnn_version_string(void) {
 
 extern "C" const char *dr_nccl_version_string(void) {
 #ifdef NCCL_MAJOR
-    static char buf[32];
-    std::snprintf(buf, sizeof buf, "%d.%d.%d (headers)", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH);
+    static char buf[64];
+    std::snprintf(buf, sizeof buf, "%d.%d.%d (headers; not linked yet)", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH);
     return buf;
 #else
     return "none";

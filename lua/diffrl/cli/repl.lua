@@ -117,6 +117,20 @@ local function compile(src)
   return loadstring(src, '=stdin')
 end
 
+-- An error as the REPL shows it: the message, then only the traceback frames of
+-- code typed here or loaded by the user (not diffrl's own plumbing).
+local function repl_error(msg)
+  msg = require('diffrl.cli.run').trim_traceback(msg)
+  local out = {}
+  for line in (msg .. '\n'):gmatch('([^\n]*)\n') do
+    local plumbing = line:match('/diffrl/core/') or line:match("%[C%]: in function 'error'") or
+                     line:match('^%s*%[builtin#')
+    if not plumbing then out[#out + 1] = line end
+  end
+  if out[#out] == 'stack traceback:' then out[#out] = nil end
+  return table.concat(out, '\n')
+end
+
 local function history_path()
   local p = os.getenv('DIFFRL_HISTORY')
   if p and p ~= '' then return p end
@@ -164,7 +178,7 @@ function M.run()
         for i = 2, table.maxn(results) do shown[#shown + 1] = show(results[i]) end
         if #shown > 0 then io.write(table.concat(shown, '\t'), '\n') end
       else
-        io.write(require('diffrl.cli.run').trim_traceback(tostring(results[2])), '\n')
+        io.write(repl_error(tostring(results[2])), '\n')
       end
     elseif src:match('%S') then
       io.write(tostring(err), '\n')

@@ -23,9 +23,9 @@ local function load_library()
   local env = os.getenv('DIFFRL_LIB')
   if env and env ~= '' then candidates[#candidates + 1] = env end
   candidates[#candidates + 1] = 'diffrl'
-  local root = this_dir:gsub('/bindings/lua/diffrl/core$', '')
-  if root ~= this_dir then
-    candidates[#candidates + 1] = root .. '/build/libdiffrl.so'
+  local root = this_dir:match('^(.-)/?bindings/lua/diffrl/core$')
+  if root then
+    candidates[#candidates + 1] = (root == '' and '.' or root) .. '/build/libdiffrl.so'
   end
   local tried = {}
   for _, name in ipairs(candidates) do
