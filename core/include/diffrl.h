@@ -138,6 +138,12 @@ void dr_tensor_free(dr_tensor *t);
 int64_t dr_tensor_numel(const dr_tensor *t);
 int dr_tensor_is_contiguous(const dr_tensor *t);
 void *dr_tensor_data(const dr_tensor *t);  /* CPU: pointer to element 0; NULL if freed */
+/* Bytes of tensor storage currently allocated on a device type (all indices).
+ * The bindings use it to run Lua's GC when C memory grows, since the GC itself
+ * only sees the small Lua handles. */
+int64_t dr_memory_allocated(int32_t device_type);
+/* Returns cached free blocks to the system (CPU block cache; CUDA's later). */
+void dr_empty_cache(void);
 
 /* Views (share storage). */
 dr_status dr_tensor_view(const dr_tensor *t, const int64_t *sizes, int32_t ndim,

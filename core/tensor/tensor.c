@@ -15,11 +15,21 @@ const char *dr_dtype_name(int32_t dtype) {
     return dr_dtype_valid(dtype) ? dtype_names[dtype] : "invalid-dtype";
 }
 
+static int64_t allocated_bytes[2]; /* by dr_device_type */
+
+int64_t dr_memory_allocated(int32_t device_type) {
+    if (device_type < 0 || device_type > 1) return 0;
+    return __atomic_load_n(&allocated_bytes[device_type], __ATOMIC_RELAXED);
+}
+
 static void storage_release(dr_storage *s) {
     if (!s) return;
     if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
     const dr_backend *be = dr_backend_get(s->device, "release");
-    if (be && s->data) be->dealloc(s->device.index, s->data, s->nbytes);
+    if (be && s->data) {
+        be->dealloc(s->device.index, s->data, s->nbytes);
+        __atomic_sub_fetch(&allocated_bytes[s->device.type], (int64_t)s->nbytes, __ATOMIC_RELAXED);
+    }
     free(s);
 }
 
@@ -121,6 +131,7 @@ dr_status dr_tensor_new(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_de
             return dr_fail(st, "%s: cannot allocate %zu bytes on %s for %s %s", op, nbytes,
                            dr_device_str(device), dr_dtype_name(dtype), dr_sizes_str(sizes, ndim));
         }
+        __atomic_add_fetch(&allocated_bytes[device.type], (int64_t)nbytes, __ATOMIC_RELAXED);
     }
     t->refcount = 1;
     t->ndim = ndim;

@@ -39,19 +39,6 @@ void dr_iter_init(dr_iter *it, int32_t nops, const dr_tensor *const *ops) {
     if (it->inner == 0) it->rows = 0;
 }
 
-static dr_status cpu_alloc(int32_t device_index, size_t nbytes, void **ptr) {
-    (void)device_index;
-    size_t rounded = (nbytes + 63) & ~(size_t)63;
-    *ptr = aligned_alloc(64, rounded);
-    return *ptr ? DR_OK : DR_ERR_OOM;
-}
-
-static void cpu_dealloc(int32_t device_index, void *ptr, size_t nbytes) {
-    (void)device_index;
-    (void)nbytes;
-    free(ptr);
-}
-
 /* Same dtype: move elements of `size` bytes. */
 #define DEFINE_COPY_SAME(NAME, T)                                                      \
     static void NAME(const dr_iter *it, char *dst, const char *src) {                  \
@@ -102,8 +89,31 @@ static dr_status cpu_copy(dr_tensor *dst, const dr_tensor *src) {
     return DR_OK;
 }
 
+#define DEFINE_FILL_CONTIG(NAME, T)                                                    \
+    static void NAME(T *p, T v, int64_t n) {                                           \
+        _Pragma("omp parallel for schedule(static) if (n > DR_CPU_PARALLEL_MIN)")      \
+        for (int64_t i = 0; i < n; i++) p[i] = v;                                      \
+    }
+DEFINE_FILL_CONTIG(fill_contig_1, uint8_t)
+DEFINE_FILL_CONTIG(fill_contig_2, uint16_t)
+DEFINE_FILL_CONTIG(fill_contig_4, uint32_t)
+DEFINE_FILL_CONTIG(fill_contig_8, uint64_t)
+
 static dr_status cpu_fill(dr_tensor *t, double value) {
-    /* Convert once into a 1-element tensor, then broadcast-copy it. */
+    if (dr_tensor_is_contiguous(t)) {
+        union { uint8_t b1; uint16_t b2; uint32_t b4; uint64_t b8; } v = {0};
+        dr_store_f64(&v, t->scalar_type, 0, value);
+        void *p = dr_tensor_data(t);
+        int64_t n = dr_tensor_numel(t);
+        switch (dr_dtype_size(t->scalar_type)) {
+        case 1: fill_contig_1(p, v.b1, n); break;
+        case 2: fill_contig_2(p, v.b2, n); break;
+        case 4: fill_contig_4(p, v.b4, n); break;
+        default: fill_contig_8(p, v.b8, n); break;
+        }
+        return DR_OK;
+    }
+    /* Strided: convert once into a 1-element tensor, then broadcast-copy it. */
     uint64_t scalar_bits = 0;
     dr_storage storage = {1, t->device, &scalar_bits, sizeof scalar_bits};
     dr_tensor scalar;
@@ -119,8 +129,8 @@ static dr_status cpu_fill(dr_tensor *t, double value) {
 
 const dr_backend dr_cpu_backend = {
     .name = "cpu",
-    .alloc = cpu_alloc,
-    .dealloc = cpu_dealloc,
+    .alloc = dr_cpu_alloc,
+    .dealloc = dr_cpu_dealloc,
     .copy = cpu_copy,
     .fill = cpu_fill,
     .binary = dr_cpu_binary,

@@ -36,6 +36,8 @@ static inline void dr_iter_row(const dr_iter *it, int64_t row, int64_t *off) {
 
 static inline char *dr_cpu_base(const dr_tensor *t) { return (char *)t->storage->data; }
 
+dr_status dr_cpu_alloc(int32_t device_index, size_t nbytes, void **ptr);
+void dr_cpu_dealloc(int32_t device_index, void *ptr, size_t nbytes);
 dr_status dr_cpu_binary(dr_binary_op op, dr_tensor *out, const dr_tensor *a,
                         const dr_tensor *b, double alpha);
 dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b);

@@ -37,6 +37,13 @@ function M.set_num_threads(n)
   C.dr_set_num_threads(n)
 end
 
+-- Bytes of live tensor storage on 'cpu' or 'cuda' (torch.cuda.memory_allocated).
+function M.memory_allocated(device)
+  return tonumber(C.dr_memory_allocated(dtypes.device(device or 'cpu').type))
+end
+-- Frees cached blocks (tensors already released but kept for reuse).
+function M.empty_cache() C.dr_empty_cache() end
+
 M.cuda = {}
 function M.cuda.device_count() return C.dr_cuda_device_count() end
 function M.cuda.is_available() return C.dr_cuda_device_count() > 0 end

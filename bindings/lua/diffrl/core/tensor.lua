@@ -23,12 +23,26 @@ local sizes_buf = ffi.new('int64_t[8]')
 local dims_buf = ffi.new('int32_t[8]')
 local double_box = ffi.new('double[1]')
 
+-- Lua's GC sees only the small handles, not the storage behind them: when C
+-- memory on a device doubles since the last collection, collect, so loops that
+-- drop tensors without free() stay bounded. Thresholds per device type.
+local GC_FLOOR = 256 * 2 ^ 20
+local gc_at = { [0] = GC_FLOOR, GC_FLOOR }
+local function collect_if_needed(device_type)
+  if C.dr_memory_allocated(device_type) > gc_at[device_type] then
+    collectgarbage()
+    gc_at[device_type] = math.max(GC_FLOOR, 2 * tonumber(C.dr_memory_allocated(device_type)))
+  end
+end
+
 -- Wraps the tensor a C call wrote to out_box, or raises its error.
 local function take(status)
   if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
   local p = out_box[0]
   out_box[0] = nil
-  return ref_t(p)
+  local t = ref_t(p)
+  collect_if_needed(p.device.type)
+  return t
 end
 M.take, M.out_box = take, out_box
 
