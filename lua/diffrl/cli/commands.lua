@@ -3,6 +3,14 @@
 -- its own module.
 local M = {}
 
+-- For commands that take no arguments: a usage error (exit code 2) if given any.
+local function no_args(name, args)
+  if args[1] == nil then return nil end
+  io.stderr:write(("diffrl %s: unexpected argument '%s'\nTry 'diffrl %s --help'.\n")
+    :format(name, args[1], name))
+  return 2
+end
+
 M.order = { 'run', 'repl', 'test', 'version', 'help' }
 
 M.run = {
@@ -30,7 +38,7 @@ unfinished statements continue on the next line; Tab completes names such as
 dr.ze<Tab>; history is kept in ~/.diffrl_history (or $DIFFRL_HISTORY). Errors
 print and the session goes on; Ctrl-C interrupts a running statement; Ctrl-D
 exits.]],
-  run = function() return require('diffrl.cli.repl').run() end,
+  run = function(args) return no_args('repl', args) or require('diffrl.cli.repl').run() end,
 }
 
 M.test = {
@@ -60,7 +68,9 @@ host's libdiffrl and Lua library. Options are busted's: e.g. --tags=gpu,
 M.version = {
   summary = 'print version and build facts',
   usage = 'Usage: diffrl --version\n\nVersion, git commit, build type, compiler, BLAS, CUDA/cuDNN/NCCL, MPI.',
-  run = function()
+  run = function(args)
+    local bad = no_args('version', args)
+    if bad then return bad end
     local dr = require 'diffrl'
     local b = dr.build_info()
     local threads = dr.get_num_threads()

@@ -58,6 +58,10 @@ function M.file(args)
     io.stderr:write("diffrl run: missing FILE\nTry 'diffrl run --help'.\n")
     return 2
   end
+  if script:sub(1, 1) == '-' and script ~= '-' then
+    io.stderr:write(("diffrl run: unknown option '%s'\nTry 'diffrl run --help'.\n"):format(script))
+    return 2
+  end
   local chunk, err = load_script(script)
   if not chunk then return fail(err) end
   local rest = { unpack(args, 2) }
