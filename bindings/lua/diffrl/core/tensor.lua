@@ -116,10 +116,11 @@ local function scalar_like(x, like)
   return take(C.dr_tensor_full(nil, 0, code, like.device, x, out_box))
 end
 
+local function scalar_ok(x) return type(x) == 'number' or type(x) == 'boolean' end
+
 local function operands(a, b, op)
   local ta, tb = is_tensor(a), is_tensor(b)
   if ta and tb then return a.ptr, b.ptr end
-  local scalar_ok = function(x) return type(x) == 'number' or type(x) == 'boolean' end
   if ta and scalar_ok(b) then return a.ptr, scalar_like(b, a.ptr).ptr end
   if tb and scalar_ok(a) then return scalar_like(a, b.ptr).ptr, b.ptr end
   raise(('%s: unsupported operand types %s and %s'):format(op, type(a), type(b)))
