@@ -118,11 +118,14 @@ end
 
 local function scalar_ok(x) return type(x) == 'number' or type(x) == 'boolean' end
 
+-- Both operands as tensors (numbers become 0-d tensors). Returns the Lua
+-- handles, not raw pointers, so a temporary scalar tensor stays alive (and is
+-- not collected) until the C call that uses it.
 local function operands(a, b, op)
   local ta, tb = is_tensor(a), is_tensor(b)
-  if ta and tb then return a.ptr, b.ptr end
-  if ta and scalar_ok(b) then return a.ptr, scalar_like(b, a.ptr).ptr end
-  if tb and scalar_ok(a) then return scalar_like(a, b.ptr).ptr, b.ptr end
+  if ta and tb then return a, b end
+  if ta and scalar_ok(b) then return a, scalar_like(b, a.ptr) end
+  if tb and scalar_ok(a) then return scalar_like(a, b.ptr), b end
   raise(('%s: unsupported operand types %s and %s'):format(op, type(a), type(b)))
 end
 
@@ -157,11 +160,11 @@ mt.__len = function(t)
   if t.ptr.ndim == 0 then raise('len() of a 0-d tensor') end
   return tonumber(t.ptr.sizes[0])
 end
-mt.__add = function(a, b) local x, y = operands(a, b, 'add'); return take(C.dr_add(x, y, 1, out_box)) end
-mt.__sub = function(a, b) local x, y = operands(a, b, 'sub'); return take(C.dr_sub(x, y, 1, out_box)) end
-mt.__mul = function(a, b) local x, y = operands(a, b, 'mul'); return take(C.dr_mul(x, y, out_box)) end
-mt.__div = function(a, b) local x, y = operands(a, b, 'div'); return take(C.dr_div(x, y, out_box)) end
-mt.__unm = function(a) local x, y = operands(a, -1, 'neg'); return take(C.dr_mul(x, y, out_box)) end
+mt.__add = function(a, b) local x, y = operands(a, b, 'add'); return take(C.dr_add(x.ptr, y.ptr, 1, out_box)) end
+mt.__sub = function(a, b) local x, y = operands(a, b, 'sub'); return take(C.dr_sub(x.ptr, y.ptr, 1, out_box)) end
+mt.__mul = function(a, b) local x, y = operands(a, b, 'mul'); return take(C.dr_mul(x.ptr, y.ptr, out_box)) end
+mt.__div = function(a, b) local x, y = operands(a, b, 'div'); return take(C.dr_div(x.ptr, y.ptr, out_box)) end
+mt.__unm = function(a) local x, y = operands(a, -1, 'neg'); return take(C.dr_mul(x.ptr, y.ptr, out_box)) end
 mt.__eq = function(a, b) -- identity; elementwise comparison is t:eq(u)
   return is_tensor(a) and is_tensor(b) and a.ptr == b.ptr
 end
@@ -335,11 +338,11 @@ function Tensor.zero_(t) return t:fill_(0) end
 
 function Tensor.add(a, b, alpha)
   local x, y = operands(a, b, 'add')
-  return take(C.dr_add(x, y, alpha or 1, out_box))
+  return take(C.dr_add(x.ptr, y.ptr, alpha or 1, out_box))
 end
 function Tensor.sub(a, b, alpha)
   local x, y = operands(a, b, 'sub')
-  return take(C.dr_sub(x, y, alpha or 1, out_box))
+  return take(C.dr_sub(x.ptr, y.ptr, alpha or 1, out_box))
 end
 Tensor.mul, Tensor.div = mt.__mul, mt.__div
 function Tensor.neg(a) return mt.__unm(a) end
