@@ -104,17 +104,39 @@ end
 
 -- ---- reading and evaluating -----------------------------------------------------
 
+
 local function incomplete(err)
-  return err and err:match("'<eof>'$") ~= nil
+  return type(err) == 'string' and err:match("'<eof>'$") ~= nil
 end
 
 -- Compiles `src` as an expression first ("1+1" prints 2), then as statements.
+-- An expression chunk returns pack(<src>): evaluating <src> as an argument (not
+-- a tail call) keeps the chunk's frame, so errors report "stdin:1:". It is
+-- called with pack as its `...`.
+local EXPR = 'local __repl_pack = ...; return __repl_pack(%s\n)'
+-- Returns chunk, true for an expression | chunk, nil for statements |
+-- nil, the compiler's message.
 local function compile(src)
   local expr = src:match('^%s*=(.*)$')
-  if expr then return loadstring('return ' .. expr, '=stdin') end
-  local chunk = loadstring('return ' .. src, '=stdin')
-  if chunk then return chunk end
+  if expr then
+    local chunk, err = loadstring(EXPR:format(expr), '=stdin')
+    return chunk, chunk and true or err
+  end
+  local chunk = loadstring(EXPR:format(src), '=stdin')
+  if chunk then return chunk, true end
+  local _, err = loadstring('return ' .. src, '=stdin')
+  if incomplete(err) then return nil, err end -- an expression still being typed
   return loadstring(src, '=stdin')
+end
+
+local function pack(...) return { n = select('#', ...), ... } end
+
+-- Runs a compiled line: true, packed results | false, message with traceback.
+local function evaluate(chunk, is_expression)
+  if is_expression then return host.xpcall(chunk, pack) end
+  local r = pack(host.xpcall(chunk))
+  if not r[1] then return false, r[2] end
+  return true, pack(unpack(r, 2, r.n))
 end
 
 -- An error as the REPL shows it: the message, then only the traceback frames of
@@ -126,6 +148,10 @@ local function repl_error(msg)
     local plumbing = line:match('/diffrl/core/') or line:match("%[C%]: in function 'error'") or
                      line:match('^%s*%[builtin#')
     if not plumbing then out[#out + 1] = line end
+  end
+  -- a traceback of the typed line alone ("stdin:1: in main chunk") says nothing new
+  if out[#out - 1] == 'stack traceback:' and out[#out]:match('^%s*stdin:%d+: in main chunk$') then
+    out[#out] = nil
   end
   if out[#out] == 'stack traceback:' then out[#out] = nil end
   return table.concat(out, '\n')
@@ -163,25 +189,25 @@ function M.run()
     local line = read('> ')
     if line == nil then break end
     local src = line
-    local chunk, err = compile(src)
-    while not chunk and incomplete(err) do
+    local chunk, info = compile(src)
+    while not chunk and incomplete(info) do
       local more = read('>> ')
       if more == nil then break end
       src = src .. '\n' .. more
-      chunk, err = compile(src)
+      chunk, info = compile(src)
     end
     if src:match('%S') and tty then host.add_history(src) end
     if chunk then
-      local results = { host.xpcall(chunk) }
-      if results[1] then
+      local ok, results = evaluate(chunk, info == true)
+      if ok then
         local shown = {}
-        for i = 2, table.maxn(results) do shown[#shown + 1] = show(results[i]) end
+        for i = 1, results.n do shown[#shown + 1] = show(results[i]) end
         if #shown > 0 then io.write(table.concat(shown, '\t'), '\n') end
       else
-        io.write(repl_error(tostring(results[2])), '\n')
+        io.write(repl_error(tostring(results)), '\n')
       end
     elseif src:match('%S') then
-      io.write(tostring(err), '\n')
+      io.write(tostring(info), '\n')
     end
     io.flush()
   end

@@ -9,13 +9,16 @@ local function fail(msg)
   return 1
 end
 
--- Drops the host's own frames (the CLI and the protected call) from a traceback.
+-- Drops the host's own frames (the CLI and the protected call) from a traceback:
+-- everything below the outermost "in main chunk" of the user's code.
 function M.trim_traceback(msg)
-  local out = {}
+  local out, last_main = {}, nil
   for line in (msg .. '\n'):gmatch('([^\n]*)\n') do
     if line:match('diffrl/cli/') or line:match("in function 'xpcall'") then break end
     out[#out + 1] = line
+    if line:match('in main chunk$') then last_main = #out end
   end
+  for i = #out, (last_main or #out) + 1, -1 do out[i] = nil end
   if out[#out] == 'stack traceback:' then out[#out] = nil end
   return table.concat(out, '\n')
 end

@@ -19,6 +19,10 @@ local function opt_device(opts) return dtypes.device(opts and opts.device) end
 
 -- Shape of a nested table, checked to be rectangular; flattened values.
 local function flatten(data, op)
+  if type(data) == 'table' and data[1] == nil and next(data) ~= nil then
+    raise(('%s: expected a number, a boolean or a nested list, got a table with key %s')
+      :format(op, tostring(next(data))))
+  end
   local sizes, flat, kind = {}, {}, nil
   local probe = data
   while type(probe) == 'table' do
@@ -131,6 +135,7 @@ local function to_lua_int(u)
   if u < 2ULL ^ 53 then return tonumber(u) end
   return u
 end
+local function int_text(u) return (tostring(to_lua_int(u)):gsub('ULL$', '')) end
 
 local Generator = {}
 function Generator.manual_seed(g, seed)
@@ -152,8 +157,7 @@ end
 gen_t = ffi.metatype('dr_generator', {
   __index = Generator,
   __tostring = function(g)
-    return ('dr.Generator(seed=%s, offset=%s)'):format(tostring(to_lua_int(g.seed)),
-                                                       tostring(to_lua_int(g.offset)))
+    return ('dr.Generator(seed=%s, offset=%s)'):format(int_text(g.seed), int_text(g.offset))
   end,
 })
 

@@ -16,36 +16,45 @@ local function special(v)
   if v == -math.huge then return '-inf' end
 end
 
--- A function value -> string (unpadded), chosen over all printed values.
+-- torch's _Formatter: returns format(v) -> padded string, chosen from the
+-- printed values. Floats: integer-valued ("1."), fixed ("%.4f") or scientific
+-- ("%.4e"), the width taken over nonzero finite values only (so nan, inf and
+-- 0 do not widen a column); integers and bools: the widest value.
 local function make_formatter(values, code)
-  if code == C.DR_BOOL then
-    return function(v) return v ~= 0 and 'True' or 'False' end
-  end
+  local width = 1
+  local fmt
   if not dtypes.is_float(code) then
-    return function(v) return ('%d'):format(v) end
-  end
-  local int_mode, lo, hi = true, math.huge, 0
-  for _, v in ipairs(values) do
-    if not special(v) then
-      if v ~= math.ceil(v) then int_mode = false end
-      local a = math.abs(v)
-      if a ~= 0 then
-        lo = math.min(lo, a)
-        hi = math.max(hi, a)
+    local is_bool = code == C.DR_BOOL
+    fmt = function(v)
+      if is_bool then return v ~= 0 and 'True' or 'False' end
+      return ('%d'):format(v)
+    end
+    for _, v in ipairs(values) do width = math.max(width, #fmt(v)) end
+  else
+    local int_mode, lo, hi, finite = true, math.huge, 0, {}
+    for _, v in ipairs(values) do
+      if not special(v) and v ~= 0 then
+        finite[#finite + 1] = v
+        if v ~= math.ceil(v) then int_mode = false end
+        local a = math.abs(v)
+        lo, hi = math.min(lo, a), math.max(hi, a)
       end
     end
+    local sci = #finite > 0 and (hi / lo > 1000 or hi > 1e8 or (not int_mode and lo < 1e-4))
+    local pattern = sci and ('%.' .. PRECISION .. 'e') or
+                    (int_mode and '%.0f' or ('%.' .. PRECISION .. 'f'))
+    local dot = int_mode and not sci
+    fmt = function(v)
+      local s = special(v)
+      if s then return s end
+      if v == 0 and 1 / v < 0 then return dot and '-0.' or pattern:format(-0.0) end
+      return pattern:format(v) .. (dot and '.' or '')
+    end
+    for _, v in ipairs(finite) do width = math.max(width, #fmt(v)) end
   end
-  local sci
-  if hi == 0 then sci = false
-  elseif int_mode then sci = hi / lo > 1000 or hi > 1e8
-  else sci = hi / lo > 1000 or hi > 1e8 or lo < 1e-4 end
-  local fmt = sci and ('%.' .. PRECISION .. 'e') or
-              (int_mode and '%.0f.' or ('%.' .. PRECISION .. 'f'))
   return function(v)
-    local s = special(v)
-    if s then return s end
-    if v == 0 then v = 0 * (1 / v > 0 and 1 or -1) end -- keep -0. as torch does
-    return fmt:format(v)
+    local s = fmt(v)
+    return (' '):rep(width - #s) .. s
   end
 end
 
@@ -74,12 +83,12 @@ local function collect(p, summarize)
   return values
 end
 
-local function layout(p, values, fmt, width, summarize)
+local function layout(p, values, fmt, summarize)
+  local width = #fmt(values[1])
   local pos = 0
   local function nextval()
     pos = pos + 1
-    local s = fmt(values[pos])
-    return (' '):rep(width - #s) .. s
+    return fmt(values[pos])
   end
   local function rec(d, indent)
     local n = tonumber(p.sizes[d])
@@ -114,34 +123,53 @@ local function size_tuple(p)
   return '(' .. table.concat(s, ', ') .. (p.ndim == 1 and ',)' or ')')
 end
 
+-- torch's _add_suffixes: ", suffix" on the last line while it fits in 80
+-- columns, else on a new line indented under "tensor(".
+local function add_suffixes(text, suffixes, indent)
+  local parts = { text }
+  local nl = text:match('.*()\n')
+  local last_len = #text - (nl or 0) + (nl and 1 or 2) -- torch: len - rfind('\n') + 1
+  for _, suffix in ipairs(suffixes) do
+    if last_len + #suffix + 2 > LINEWIDTH then
+      parts[#parts + 1] = ',\n' .. (' '):rep(indent) .. suffix
+      last_len = indent + #suffix
+    else
+      parts[#parts + 1] = ', ' .. suffix
+      last_len = last_len + #suffix + 2
+    end
+  end
+  return table.concat(parts) .. ')'
+end
+
 function M.tensor(t)
   local p = t.ptr
-  local suffix = {}
+  local prefix = 'tensor('
+  local suffixes = {}
   local code = p.scalar_type
-  if code ~= C.DR_F32 and code ~= C.DR_I64 and code ~= C.DR_BOOL then
-    suffix[#suffix + 1] = 'dtype=dr.' .. dtypes.names[code]
-  end
   if p.device.type ~= C.DR_CPU then
-    suffix[#suffix + 1] = ("device='%s'"):format(dtypes.device_name(p.device))
+    suffixes[#suffixes + 1] = ("device='%s'"):format(dtypes.device_name(p.device))
   end
-  local body
+  local dtype_suffix = 'dtype=dr.' .. dtypes.names[code]
   local numel = tonumber(C.dr_tensor_numel(p))
+  local body
   if p.storage == nil then
     body = '<freed>'
-    table.insert(suffix, 1, 'size=' .. size_tuple(p))
+    suffixes[#suffixes + 1] = 'size=' .. size_tuple(p)
   elseif numel == 0 then
     body = '[]'
-    if not (p.ndim == 1) then table.insert(suffix, 1, 'size=' .. size_tuple(p)) end
+    -- no values to infer the dtype from: show any but the default
+    if p.ndim ~= 1 then suffixes[#suffixes + 1] = 'size=' .. size_tuple(p) end
+    if code ~= C.DR_F32 then suffixes[#suffixes + 1] = dtype_suffix end
   else
+    if code ~= C.DR_F32 and code ~= C.DR_I64 and code ~= C.DR_BOOL then
+      suffixes[#suffixes + 1] = dtype_suffix
+    end
     local summarize = numel > THRESHOLD
     local values = collect(p, summarize)
     local fmt = make_formatter(values, code)
-    local width = 0
-    for _, v in ipairs(values) do width = math.max(width, #fmt(v)) end
-    body = p.ndim == 0 and fmt(values[1]) or layout(p, values, fmt, width, summarize)
+    body = p.ndim == 0 and fmt(values[1]) or layout(p, values, fmt, summarize)
   end
-  local tail = #suffix > 0 and (', ' .. table.concat(suffix, ', ')) or ''
-  return 'tensor(' .. body .. tail .. ')'
+  return add_suffixes(prefix .. body, suffixes, #prefix)
 end
 
 return M

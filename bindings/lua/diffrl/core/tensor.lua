@@ -77,7 +77,10 @@ M.cdim = cdim
 -- Sizes from (n, m, ..., [opts]) or ({n, m} or a Size, [opts]); a first table
 -- with no list part and some keys is the options (a 0-d shape).
 -- Returns ndim, a C size buffer, and the options table (or nil).
+local INFER_OPS = { view = true, reshape = true, expand = true } -- these take -1 sizes
+
 local function sizes_from(op, ...)
+  local allow_infer = INFER_OPS[op]
   local first = ...
   local list, opts = {}, nil
   if type(first) == 'table' then
@@ -99,6 +102,9 @@ local function sizes_from(op, ...)
     local s = list[i]
     if not is_int(s) then
       raise(('%s: size %d must be an integer, got %s'):format(op, i, tostring(s)))
+    end
+    if s < 0 and not allow_infer then
+      raise(('%s: negative size %d in dimension %d'):format(op, s, i))
     end
     sizes_buf[i - 1] = s
   end
@@ -205,26 +211,30 @@ function getters.is_cuda(t) return t.ptr.device.type == C.DR_CUDA end
 
 -- ---- shape and storage ---------------------------------------------------------
 
+-- A 1-based (or negative) dim of p as a checked 0-based index.
+local function dim_index(p, d, op)
+  local cd = cdim(d, op)
+  if cd < 0 then cd = cd + p.ndim end
+  if cd < 0 or cd >= p.ndim then
+    raise(('%s: dimension %d out of range for a %d-d tensor'):format(op, d, p.ndim))
+  end
+  return cd
+end
+
 function Tensor.size(t, d)
   local p = t.ptr
   if d == nil then return size_of(p) end
-  local cd = cdim(d, 'size')
-  if cd < 0 then cd = cd + p.ndim end
-  if cd < 0 or cd >= p.ndim then
-    raise(('size: dimension %d out of range for a %d-d tensor'):format(d, p.ndim))
-  end
-  return tonumber(p.sizes[cd])
+  return tonumber(p.sizes[dim_index(p, d, 'size')])
 end
 function Tensor.dim(t) return t.ptr.ndim end
 function Tensor.numel(t) return tonumber(C.dr_tensor_numel(t.ptr)) end
 function Tensor.is_contiguous(t) return C.dr_tensor_is_contiguous(t.ptr) ~= 0 end
 function Tensor.stride(t, d)
   local p = t.ptr
+  if d ~= nil then return tonumber(p.strides[dim_index(p, d, 'stride')]) end
   local s = {}
   for i = 1, p.ndim do s[i] = tonumber(p.strides[i - 1]) end
-  if d == nil then return s end
-  local cd = cdim(d, 'stride')
-  return s[(cd < 0 and cd + p.ndim or cd) + 1]
+  return s
 end
 function Tensor.is_freed(t) return t.ptr.storage == nil end
 
@@ -312,9 +322,19 @@ end
 
 function Tensor.contiguous(t) return take(C.dr_tensor_contiguous(t.ptr, out_box)) end
 function Tensor.clone(t) return take(C.dr_tensor_clone(t.ptr, out_box)) end
+-- to(dtype) or to{dtype=, device=}; moving between devices comes with CUDA.
 function Tensor.to(t, what)
-  if type(what) == 'table' then what = what.dtype end
-  return take(C.dr_tensor_to_dtype(t.ptr, dtypes.code(what), out_box))
+  local p = t.ptr
+  local code = p.scalar_type
+  if type(what) == 'table' then
+    if what.device ~= nil and dtypes.device_name(dtypes.device(what.device)) ~= t.device then
+      raise(('to: moving a tensor from %s to %s is not supported yet'):format(t.device, what.device))
+    end
+    if what.dtype ~= nil then code = dtypes.code(what.dtype) end
+  else
+    code = dtypes.code(what)
+  end
+  return take(C.dr_tensor_to_dtype(p, code, out_box))
 end
 function Tensor.float(t) return t:to('float32') end
 function Tensor.half(t) return t:to('float16') end
@@ -353,6 +373,7 @@ end
 function Tensor.sum(t, dims, keepdim)
   local n = 0
   if type(dims) == 'table' then
+    if #dims > 8 then raise(('sum: at most 8 dims, got %d'):format(#dims)) end
     for i = 1, #dims do dims_buf[i - 1] = cdim(dims[i], 'sum') end
     n = #dims
     if n == 0 then raise('sum: empty list of dims') end
