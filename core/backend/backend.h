@@ -28,8 +28,11 @@ typedef struct dr_backend {
     /* Sums the trailing `nreduce` dims of `in` into contiguous `out`, whose shape is
      * in's leading dims. Deterministic: independent of the thread count. */
     dr_status (*sum)(dr_tensor *out, const dr_tensor *in, int32_t nreduce);
-    /* Fills contiguous f32 `out` from the Philox stream (see util/philox.h). */
-    dr_status (*random)(dr_tensor *out, dr_random_kind kind, uint64_t seed, uint64_t offset);
+    /* Fills contiguous f32 `out` from the Philox stream (see util/philox.h);
+     * uniforms carry `uniform_bits` bits (24 for f32, 11 for f16, 8 for bf16) so
+     * they stay below 1 in the dtype they are cast to. */
+    dr_status (*random)(dr_tensor *out, dr_random_kind kind, uint64_t seed, uint64_t offset,
+                        uint32_t uniform_bits);
 } dr_backend;
 
 extern const dr_backend dr_cpu_backend;

@@ -5,6 +5,8 @@
  * The result dtype is torch.result_type(a, b); div of integers gives float32.
  * Backward lands with autograd (core/autograd): d(a+αb) = (g, αg), d(ab) =
  * (g·b, g·a), d(a/b) = (g/b, -g·a/b²), each summed over broadcast dims. */
+#include <math.h>
+
 #include "../tensor/tensor_internal.h"
 #include "../backend/backend.h"
 
@@ -25,7 +27,7 @@ static dr_status binary(dr_binary_op op, const dr_tensor *a, const dr_tensor *b,
         return dr_fail(DR_ERR_DTYPE, "sub: subtracting bool tensors is not supported; use "
                        "logical_xor or cast to an integer dtype");
     if (op == DR_OP_DIV && !dr_dtype_is_float(dtype)) dtype = DR_F32;
-    if (!dr_dtype_is_float(dtype) && alpha != (double)(int64_t)alpha)
+    if (!dr_dtype_is_float(dtype) && !(fabs(alpha) < 0x1p63 && alpha == trunc(alpha)))
         return dr_fail(DR_ERR_ARG, "%s: alpha %g must be an integer for %s tensors", name, alpha,
                        dr_dtype_name(dtype));
 

@@ -32,7 +32,8 @@ static dr_status random_tensor(dr_random_kind kind, const char *op, const int64_
     if (!gen) gen = &default_generator;
     dr_tensor *f = NULL;
     DR_TRY(dr_tensor_new(sizes, ndim, DR_F32, device, op, &f));
-    dr_status st = be->random(f, kind, gen->seed, gen->offset);
+    uint32_t bits = dtype == DR_F16 ? 11 : dtype == DR_BF16 ? 8 : 24;
+    dr_status st = be->random(f, kind, gen->seed, gen->offset, bits);
     if (st == DR_OK) {
         gen->offset += ((uint64_t)dr_tensor_numel(f) + 3) / 4;
         st = dr_as_dtype(f, dtype, out);

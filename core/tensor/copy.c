@@ -25,6 +25,7 @@ dr_status dr_tensor_fill_(dr_tensor *t, double value) {
 }
 
 static dr_status copy_new(const dr_tensor *t, int32_t dtype, const char *op, dr_tensor **out) {
+    DR_TRY(dr_check_out(out, op));
     DR_TRY(dr_check_tensor(t, op, "tensor"));
     if (!dr_dtype_valid(dtype)) return dr_fail(DR_ERR_DTYPE, "%s: unknown dtype code %d", op, dtype);
     DR_TRY(dr_tensor_new(t->sizes, t->ndim, dtype, t->device, op, out));
@@ -41,12 +42,14 @@ dr_status dr_tensor_clone(const dr_tensor *t, dr_tensor **out) {
 }
 
 dr_status dr_tensor_contiguous(const dr_tensor *t, dr_tensor **out) {
+    DR_TRY(dr_check_out(out, "contiguous"));
     DR_TRY(dr_check_tensor(t, "contiguous", "tensor"));
     if (dr_tensor_is_contiguous(t)) return dr_tensor_alias(t, out);
     return copy_new(t, t->scalar_type, "contiguous", out);
 }
 
 dr_status dr_tensor_to_dtype(const dr_tensor *t, int32_t dtype, dr_tensor **out) {
+    DR_TRY(dr_check_out(out, "to"));
     DR_TRY(dr_check_tensor(t, "to", "tensor"));
     if (t->scalar_type == dtype) return dr_tensor_alias(t, out);
     return copy_new(t, dtype, "to", out);

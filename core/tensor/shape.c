@@ -66,11 +66,16 @@ dr_status dr_expand_to(const dr_tensor *t, const int64_t *sizes, int32_t ndim, c
                            (long long)size, i + 1);
         }
     }
+    int64_t resolved[DR_MAX_DIMS];
+    for (int32_t i = 0; i < ndim; i++) {
+        int32_t it = t->ndim - ndim + i;
+        resolved[i] = sizes[i] == -1 && it >= 0 ? t->sizes[it] : sizes[i];
+    }
+    DR_TRY(dr_check_sizes(resolved, ndim, op, NULL)); /* an expanded numel must fit too */
     DR_TRY(dr_tensor_alias(t, out));
     (*out)->ndim = ndim;
     for (int32_t i = 0; i < ndim; i++) {
-        int32_t it = t->ndim - ndim + i;
-        (*out)->sizes[i] = sizes[i] == -1 && it >= 0 ? t->sizes[it] : sizes[i];
+        (*out)->sizes[i] = resolved[i];
         (*out)->strides[i] = new_strides[i];
     }
     return DR_OK;
@@ -78,9 +83,11 @@ dr_status dr_expand_to(const dr_tensor *t, const int64_t *sizes, int32_t ndim, c
 
 dr_status dr_tensor_expand(const dr_tensor *t, const int64_t *sizes, int32_t ndim,
                            dr_tensor **out) {
+    DR_TRY(dr_check_out(out, "expand"));
     DR_TRY(dr_check_tensor(t, "expand", "tensor"));
     if (ndim < 0 || ndim > DR_MAX_DIMS)
         return dr_fail(DR_ERR_ARG, "expand: %d dimensions requested, at most %d are supported",
                        ndim, DR_MAX_DIMS);
+    DR_TRY(dr_check_array(sizes, ndim, "expand", "sizes"));
     return dr_expand_to(t, sizes, ndim, "expand", out);
 }

@@ -52,12 +52,15 @@ void dr_tensor_free(dr_tensor *t) {
 }
 
 int64_t dr_tensor_numel(const dr_tensor *t) {
+    if (!t) return 0;
     int64_t n = 1;
     for (int32_t i = 0; i < t->ndim; i++) n *= t->sizes[i];
     return n;
 }
 
 int dr_tensor_is_contiguous(const dr_tensor *t) {
+    if (!t) return 0;
+    if (dr_tensor_numel(t) == 0) return 1; /* as torch: no element is out of place */
     int64_t expected = 1;
     for (int32_t i = t->ndim - 1; i >= 0; i--) {
         if (t->sizes[i] == 1) continue;
@@ -195,7 +198,7 @@ dr_status dr_tensor_from_f64(const double *data, const int64_t *sizes, int32_t n
                 return dr_fail(DR_ERR_ARG, "tensor: value %g at flat index %lld does not fit %s",
                                v, (long long)i, dr_dtype_name(dtype));
             }
-            p[i] = (int64_t)v;
+            p[i] = dtype == DR_BOOL ? v != 0 : (int64_t)v; /* bool(0.25) is true */
         }
     }
     dr_status st = dr_tensor_new(sizes, ndim, dtype, device, "tensor", out);
@@ -212,6 +215,7 @@ dr_status dr_tensor_from_f64(const double *data, const int64_t *sizes, int32_t n
 
 dr_status dr_tensor_to_f64(const dr_tensor *t, double *out, int64_t n) {
     DR_TRY(dr_check_tensor(t, "tolist", "tensor"));
+    DR_TRY(dr_check_array(out, dr_tensor_numel(t), "tolist", "buffer"));
     if (t->device.type != DR_CPU)
         return dr_fail(DR_ERR_DEVICE, "tolist: tensor is on %s; move it to the cpu first",
                        dr_device_str(t->device));
@@ -233,20 +237,28 @@ dr_status dr_tensor_to_f64(const dr_tensor *t, double *out, int64_t n) {
     return DR_OK;
 }
 
-dr_status dr_tensor_get(const dr_tensor *t, const int64_t *index, double *out) {
-    DR_TRY(dr_check_tensor(t, "get", "tensor"));
+/* One element as double; indices 0-based, negative from the end. */
+static dr_status get_element(const dr_tensor *t, const int64_t *index, double *out, const char *op) {
+    DR_TRY(dr_check_tensor(t, op, "tensor"));
+    DR_TRY(dr_check_array(out, 1, op, "result pointer"));
+    DR_TRY(dr_check_array(index, t->ndim, op, "index"));
     if (t->device.type != DR_CPU)
-        return dr_fail(DR_ERR_DEVICE, "get: tensor is on %s; move it to the cpu first",
+        return dr_fail(DR_ERR_DEVICE, "%s: tensor is on %s; move it to the cpu first", op,
                        dr_device_str(t->device));
     int64_t off = t->storage_offset;
     for (int32_t d = 0; d < t->ndim; d++) {
-        if (index[d] < 0 || index[d] >= t->sizes[d])
-            return dr_fail(DR_ERR_ARG, "get: index %lld out of range for dimension %d of size %lld",
-                           (long long)index[d], d + 1, (long long)t->sizes[d]);
-        off += index[d] * t->strides[d];
+        int64_t i = index[d], size = t->sizes[d];
+        if (i < -size || i >= size)
+            return dr_fail(DR_ERR_ARG, "%s: index %lld out of range for dimension %d of size %lld",
+                           op, (long long)(i < 0 ? i : i + 1), d + 1, (long long)size);
+        off += (i < 0 ? i + size : i) * t->strides[d];
     }
     *out = dr_load_f64(t->storage->data, t->scalar_type, off);
     return DR_OK;
+}
+
+dr_status dr_tensor_get(const dr_tensor *t, const int64_t *index, double *out) {
+    return get_element(t, index, out, "get");
 }
 
 dr_status dr_tensor_item(const dr_tensor *t, double *out) {
@@ -256,5 +268,5 @@ dr_status dr_tensor_item(const dr_tensor *t, double *out) {
         return dr_fail(DR_ERR_SHAPE, "item: tensor of shape %s has %lld elements, expected 1",
                        dr_shape_str(t), (long long)n);
     int64_t zeros[DR_MAX_DIMS] = {0};
-    return dr_tensor_get(t, zeros, out);
+    return get_element(t, zeros, out, "item");
 }

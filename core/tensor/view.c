@@ -48,6 +48,7 @@ static dr_status infer_sizes(const dr_tensor *t, const int64_t *sizes, int32_t n
     if (ndim < 0 || ndim > DR_MAX_DIMS)
         return dr_fail(DR_ERR_ARG, "%s: %d dimensions requested, at most %d are supported", op,
                        ndim, DR_MAX_DIMS);
+    DR_TRY(dr_check_array(sizes, ndim, op, "sizes"));
     int64_t numel = dr_tensor_numel(t), known = 1;
     int32_t infer = -1;
     for (int32_t i = 0; i < ndim; i++) {
@@ -57,6 +58,9 @@ static dr_status infer_sizes(const dr_tensor *t, const int64_t *sizes, int32_t n
             infer = i;
         } else if (sizes[i] < 0) {
             return dr_fail(DR_ERR_ARG, "%s: invalid size %lld in %s", op, (long long)sizes[i],
+                           dr_sizes_str(sizes, ndim));
+        } else if (sizes[i] != 0 && known > INT64_MAX / sizes[i]) {
+            return dr_fail(DR_ERR_ARG, "%s: shape %s has too many elements", op,
                            dr_sizes_str(sizes, ndim));
         } else {
             known *= sizes[i];
@@ -89,6 +93,7 @@ static dr_status make_view(const dr_tensor *t, const int64_t *sizes, const int64
 dr_status dr_tensor_view(const dr_tensor *t, const int64_t *sizes, int32_t ndim,
                          dr_tensor **out) {
     int64_t resolved[DR_MAX_DIMS], strides[DR_MAX_DIMS];
+    DR_TRY(dr_check_out(out, "view"));
     DR_TRY(dr_check_tensor(t, "view", "tensor"));
     DR_TRY(infer_sizes(t, sizes, ndim, "view", resolved));
     if (!view_strides(t, resolved, ndim, strides))
@@ -101,6 +106,7 @@ dr_status dr_tensor_view(const dr_tensor *t, const int64_t *sizes, int32_t ndim,
 dr_status dr_tensor_reshape(const dr_tensor *t, const int64_t *sizes, int32_t ndim,
                             dr_tensor **out) {
     int64_t resolved[DR_MAX_DIMS], strides[DR_MAX_DIMS];
+    DR_TRY(dr_check_out(out, "reshape"));
     DR_TRY(dr_check_tensor(t, "reshape", "tensor"));
     DR_TRY(infer_sizes(t, sizes, ndim, "reshape", resolved));
     if (view_strides(t, resolved, ndim, strides))
@@ -114,7 +120,9 @@ dr_status dr_tensor_reshape(const dr_tensor *t, const int64_t *sizes, int32_t nd
 
 dr_status dr_tensor_permute(const dr_tensor *t, const int32_t *dims, int32_t ndim,
                             dr_tensor **out) {
+    DR_TRY(dr_check_out(out, "permute"));
     DR_TRY(dr_check_tensor(t, "permute", "tensor"));
+    DR_TRY(dr_check_array(dims, ndim, "permute", "dims"));
     if (ndim != t->ndim)
         return dr_fail(DR_ERR_ARG, "permute: %d dims given for a %d-d tensor %s", ndim, t->ndim,
                        dr_shape_str(t));
@@ -133,6 +141,7 @@ dr_status dr_tensor_permute(const dr_tensor *t, const int32_t *dims, int32_t ndi
 
 dr_status dr_tensor_transpose(const dr_tensor *t, int32_t dim0, int32_t dim1, dr_tensor **out) {
     int32_t d0, d1;
+    DR_TRY(dr_check_out(out, "transpose"));
     DR_TRY(dr_check_tensor(t, "transpose", "tensor"));
     int32_t nd = t->ndim ? t->ndim : 1; /* torch allows transpose(0,0)/(-1,-1) of a 0-d tensor */
     DR_TRY(dr_norm_dim(dim0, nd, "transpose", &d0));
@@ -150,6 +159,7 @@ dr_status dr_tensor_transpose(const dr_tensor *t, int32_t dim0, int32_t dim1, dr
 dr_status dr_tensor_narrow(const dr_tensor *t, int32_t dim, int64_t start, int64_t length,
                            dr_tensor **out) {
     int32_t d;
+    DR_TRY(dr_check_out(out, "narrow"));
     DR_TRY(dr_check_tensor(t, "narrow", "tensor"));
     DR_TRY(dr_norm_dim(dim, t->ndim, "narrow", &d));
     int64_t size = t->sizes[d], given = start;
@@ -166,6 +176,7 @@ dr_status dr_tensor_narrow(const dr_tensor *t, int32_t dim, int64_t start, int64
 
 dr_status dr_tensor_select(const dr_tensor *t, int32_t dim, int64_t index, dr_tensor **out) {
     int32_t d;
+    DR_TRY(dr_check_out(out, "select"));
     DR_TRY(dr_check_tensor(t, "select", "tensor"));
     if (t->ndim == 0) return dr_fail(DR_ERR_ARG, "select: cannot index a 0-d tensor");
     DR_TRY(dr_norm_dim(dim, t->ndim, "select", &d));

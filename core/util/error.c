@@ -52,6 +52,17 @@ const char *dr_device_str(dr_device d) {
     return s;
 }
 
+dr_status dr_check_out(dr_tensor **out, const char *op) {
+    if (!out) return dr_fail(DR_ERR_ARG, "%s: out is NULL", op);
+    *out = NULL;
+    return DR_OK;
+}
+
+dr_status dr_check_array(const void *p, int64_t n, const char *op, const char *argname) {
+    if (n > 0 && !p) return dr_fail(DR_ERR_ARG, "%s: %s is NULL", op, argname);
+    return DR_OK;
+}
+
 dr_status dr_check_tensor(const dr_tensor *t, const char *op, const char *argname) {
     if (!t) return dr_fail(DR_ERR_ARG, "%s: %s is nil (expected a tensor)", op, argname);
     if (!t->storage)

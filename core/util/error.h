@@ -25,6 +25,10 @@ const char *dr_device_str(dr_device d);
 
 /* Validates a tensor argument of `op`: not NULL, not freed. */
 dr_status dr_check_tensor(const dr_tensor *t, const char *op, const char *argname);
+/* Validates the out-parameter of `op` and sets *out = NULL. */
+dr_status dr_check_out(dr_tensor **out, const char *op);
+/* Validates that an array argument of n > 0 elements is not NULL. */
+dr_status dr_check_array(const void *p, int64_t n, const char *op, const char *argname);
 
 #define DR_TRY(expr)                      \
     do {                                  \

@@ -5,7 +5,8 @@
  * diffrl's stream layout: element i of a random op with generator (seed, offset)
  * comes from block b = offset + i/4, lane i%4, where a block is
  * philox(counter = {lo(b), hi(b), 0, 0}, key = {lo(seed), hi(seed)}).
- * uniform: (x >> 8) * 2^-24 in [0, 1).
+ * uniform with b bits (24 for f32, 11 for f16, 8 for bf16, as torch):
+ *   (x >> (32 - b)) * 2^-b in [0, 1), exact in the target dtype, so never 1.0.
  * normal: Box-Muller on lanes (0,1) and (2,3), computed in double, rounded to f32. */
 #ifndef DR_UTIL_PHILOX_H
 #define DR_UTIL_PHILOX_H
@@ -33,6 +34,10 @@ DR_HD void dr_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32
         k1 += 0xBB67AE85u;
     }
     out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+DR_HD float dr_philox_uniform(uint32_t x, uint32_t bits) {
+    return (float)(x >> (32 - bits)) * (1.0f / (float)(1u << bits));
 }
 
 DR_HD void dr_philox_block(uint64_t block, uint64_t seed, uint32_t out[4]) {

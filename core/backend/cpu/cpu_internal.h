@@ -42,6 +42,7 @@ dr_status dr_cpu_binary(dr_binary_op op, dr_tensor *out, const dr_tensor *a,
                         const dr_tensor *b, double alpha);
 dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b);
 dr_status dr_cpu_sum(dr_tensor *out, const dr_tensor *in, int32_t nreduce);
-dr_status dr_cpu_random(dr_tensor *out, dr_random_kind kind, uint64_t seed, uint64_t offset);
+dr_status dr_cpu_random(dr_tensor *out, dr_random_kind kind, uint64_t seed, uint64_t offset,
+                        uint32_t uniform_bits);
 
 #endif

@@ -15,7 +15,8 @@ static inline void box_muller(uint32_t x0, uint32_t x1, float *z0, float *z1) {
     *z1 = (float)(r * sin(theta));
 }
 
-dr_status dr_cpu_random(dr_tensor *out, dr_random_kind kind, uint64_t seed, uint64_t offset) {
+dr_status dr_cpu_random(dr_tensor *out, dr_random_kind kind, uint64_t seed, uint64_t offset,
+                        uint32_t uniform_bits) {
     float *o = (float *)dr_cpu_base(out) + out->storage_offset;
     int64_t n = dr_tensor_numel(out);
     int64_t nblocks = (n + 3) / 4;
@@ -28,7 +29,7 @@ dr_status dr_cpu_random(dr_tensor *out, dr_random_kind kind, uint64_t seed, uint
             box_muller(x[0], x[1], &v[0], &v[1]);
             box_muller(x[2], x[3], &v[2], &v[3]);
         } else {
-            for (int l = 0; l < 4; l++) v[l] = (float)(x[l] >> 8) * 0x1.0p-24f;
+            for (int l = 0; l < 4; l++) v[l] = dr_philox_uniform(x[l], uniform_bits);
         }
         int64_t i0 = blk * 4;
         for (int l = 0; l < 4 && i0 + l < n; l++) o[i0 + l] = v[l];

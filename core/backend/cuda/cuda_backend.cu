@@ -80,7 +80,7 @@ static dr_status cuda_matmul(dr_tensor *, const dr_tensor *, const dr_tensor *) 
 static dr_status cuda_sum(dr_tensor *, const dr_tensor *, int32_t) {
     return dr_fail(DR_ERR_UNSUPPORTED, kNotYet, "sum");
 }
-static dr_status cuda_random(dr_tensor *, dr_random_kind, uint64_t, uint64_t) {
+static dr_status cuda_random(dr_tensor *, dr_random_kind, uint64_t, uint64_t, uint32_t) {
     return dr_fail(DR_ERR_UNSUPPORTED, kNotYet, "random");
 }
 
