@@ -160,5 +160,11 @@ int luaopen_diffrl_host(lua_State *L) {
     luaL_register(L, NULL, fns);
     lua_pushstring(L, DIFFRL_SOURCE_DIR);
     lua_setfield(L, -2, "source_dir");
+    char exe[4096];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        lua_pushlstring(L, exe, (size_t)len);
+        lua_setfield(L, -2, "executable");
+    }
     return 1;
 }

@@ -56,6 +56,12 @@ host's libdiffrl and Lua library. Options are busted's: e.g. --tags=gpu,
                       "or run tools/install-deps)\n")
       return 2
     end
+    -- Specs that spawn diffrl find this very binary (and the sources) by default.
+    local ffi = require 'ffi'
+    pcall(ffi.cdef, 'int setenv(const char *name, const char *value, int overwrite);')
+    local host = require 'diffrl.host'
+    if host.executable then ffi.C.setenv('DIFFRL_BIN', host.executable, 0) end
+    ffi.C.setenv('DIFFRL_SOURCE_DIR', host.source_dir, 0)
     _G.arg = { [0] = 'busted', unpack(args) }
     -- busted ends the process itself; on failures under Lua 5.1 it does so by
     -- raising error() with no message, which we turn into exit code 1.
