@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include "diffrl.h"
+#include "../util/error.h"
 
 typedef enum dr_binary_op { DR_OP_ADD, DR_OP_SUB, DR_OP_MUL, DR_OP_DIV } dr_binary_op;
 typedef enum dr_random_kind { DR_RANDOM_NORMAL, DR_RANDOM_UNIFORM } dr_random_kind;
@@ -28,6 +29,10 @@ typedef struct dr_backend {
     /* Sums the trailing `nreduce` dims of `in` into contiguous `out`, whose shape is
      * in's leading dims. Deterministic: independent of the thread count. */
     dr_status (*sum)(dr_tensor *out, const dr_tensor *in, int32_t nreduce);
+    /* ---- nn: convolution and resampling (ops/conv.c, ops/pool.c) ---- */
+
+    /* ---- nn: normalization, softmax, unary math (ops/norm.c, ops/softmax.c, ops/unary.c) ---- */
+
     /* Fills contiguous f32 `out` from the Philox stream (see util/philox.h);
      * uniforms carry `uniform_bits` bits (24 for f32, 11 for f16, 8 for bf16) so
      * they stay below 1 in the dtype they are cast to. */
@@ -39,6 +44,14 @@ extern const dr_backend dr_cpu_backend;
 #ifdef DIFFRL_WITH_CUDA
 extern const dr_backend dr_cuda_backend;
 #endif
+
+/* DR_OK if backend `be` has kernel `fn`, else the error "op: not implemented on
+ * the <name> backend yet". Ops check every kernel they call beyond the first
+ * block of the table:  DR_TRY(DR_KERNEL(be, conv2d, "conv2d"));  */
+#define DR_KERNEL(be, fn, op)                                                         \
+    ((be)->fn ? DR_OK                                                                 \
+              : dr_fail(DR_ERR_UNSUPPORTED, "%s: not implemented on the %s backend yet", \
+                        (op), (be)->name))
 
 /* The backend of a device, or NULL with the error set ("op: ..."). */
 const dr_backend *dr_backend_get(dr_device device, const char *op);

@@ -182,6 +182,12 @@ dr_status dr_matmul(const dr_tensor *a, const dr_tensor *b, dr_tensor **out);
 dr_status dr_sum(const dr_tensor *t, const int32_t *dims, int32_t ndims, int keepdim,
                  dr_tensor **out);
 
+/* ---- nn: convolution and resampling (core/ops/conv.c, pool.c) ------------ */
+
+/* ---- nn: normalization, softmax, unary math (core/ops/norm.c, softmax.c, unary.c) */
+
+/* ---- io: safetensors (core/io) -------------------------------------------- */
+
 /* ---- random ------------------------------------------------------------- */
 dr_generator *dr_default_generator(void);
 void dr_manual_seed(uint64_t seed);

@@ -136,5 +136,7 @@ const dr_backend dr_cpu_backend = {
     .binary = dr_cpu_binary,
     .matmul = dr_cpu_matmul,
     .sum = dr_cpu_sum,
+    /* ---- nn: convolution and resampling ---- */
+    /* ---- nn: normalization, softmax, unary math ---- */
     .random = dr_cpu_random,
 };

@@ -15,6 +15,16 @@ end
 local this_file = debug.getinfo(1, 'S').source:match('^@(.*)$') or ''
 local this_dir = this_file:match('^(.*)/[^/]*$') or '.'
 
+-- Tensors are released by finalizers, which may run while the Lua state closes,
+-- after the library handle itself was collected: mark the library RTLD_NODELETE
+-- so its code stays mapped until the process ends.
+local function pin_library(name)
+  pcall(ffi.cdef, 'void *dlopen(const char *file, int mode);')
+  local file = (name:find('/') or name:find('%.so')) and name or ('lib' .. name .. '.so')
+  local RTLD_LAZY, RTLD_NOLOAD, RTLD_NODELETE = 0x1, 0x4, 0x1000 -- glibc's values
+  pcall(function() ffi.C.dlopen(file, RTLD_LAZY + RTLD_NOLOAD + RTLD_NODELETE) end)
+end
+
 -- The library: linked into the diffrl host; else $DIFFRL_LIB, the system
 -- library path, or the build/ folder of the source checkout this file is in.
 local function load_library()
@@ -30,7 +40,10 @@ local function load_library()
   local tried = {}
   for _, name in ipairs(candidates) do
     local ok, lib = pcall(ffi.load, name)
-    if ok and has_api(lib) then return lib, name end
+    if ok and has_api(lib) then
+      pin_library(name)
+      return lib, name
+    end
     tried[#tried + 1] = name .. (ok and ' (no diffrl symbols)' or (': ' .. tostring(lib)))
   end
   error('diffrl: cannot load libdiffrl. Tried:\n  ' .. table.concat(tried, '\n  ') ..
