@@ -183,10 +183,337 @@ dr_status dr_sum(const dr_tensor *t, const int32_t *dims, int32_t ndims, int kee
                  dr_tensor **out);
 
 /* ---- nn: convolution and resampling (core/ops/conv.c, pool.c) ------------ */
+/* torch.nn.functional.conv2d on NCHW: input [N, C, H, W], weight
+ * [O, C/groups, kh, kw], bias [O] or NULL; stride, padding, dilation are {h, w}.
+ * out [N, O, Ho, Wo], Ho = (H + 2 ph - dh (kh - 1) - 1) / sh + 1 (floor). */
+dr_status dr_conv2d(const dr_tensor *input, const dr_tensor *weight, const dr_tensor *bias,
+                    const int64_t *stride, const int64_t *padding, const int64_t *dilation,
+                    int64_t groups, dr_tensor **out);
+/* Gradients of conv2d given grad_out [N, O, Ho, Wo]; a NULL grad pointer skips
+ * that gradient (grad_bias is [O]). */
+dr_status dr_conv2d_backward(const dr_tensor *grad_out, const dr_tensor *input,
+                             const dr_tensor *weight, const int64_t *stride,
+                             const int64_t *padding, const int64_t *dilation, int64_t groups,
+                             dr_tensor **grad_input, dr_tensor **grad_weight,
+                             dr_tensor **grad_bias);
+/* F.interpolate(input, scale_factor=(scale_h, scale_w), mode='nearest') with integer
+ * scales on [N, C, H, W]; the backward sums grad_out over each scale_h x scale_w block. */
+dr_status dr_upsample_nearest2d(const dr_tensor *input, int64_t scale_h, int64_t scale_w,
+                                dr_tensor **out);
+dr_status dr_upsample_nearest2d_backward(const dr_tensor *grad_out, int64_t scale_h,
+                                         int64_t scale_w, dr_tensor **grad_input);
+/* F.avg_pool2d(input, kernel, stride, padding) with ceil_mode=False and
+ * count_include_pad=True (torch's defaults); kernel, stride, padding are {h, w}. */
+dr_status dr_avg_pool2d(const dr_tensor *input, const int64_t *kernel, const int64_t *stride,
+                        const int64_t *padding, dr_tensor **out);
+dr_status dr_avg_pool2d_backward(const dr_tensor *grad_out, const dr_tensor *input,
+                                 const int64_t *kernel, const int64_t *stride,
+                                 const int64_t *padding, dr_tensor **grad_input);
 
 /* ---- nn: normalization, softmax, unary math (core/ops/norm.c, softmax.c, unary.c) */
+/* Elementwise math with torch semantics on float tensors (float16/bfloat16 compute
+ * in float32 and round once). Backward: grad_x = grad_out * f'(.), computed from
+ * the input x or the output y as dr_unary_backward_uses_output says (the other
+ * may be NULL). DR_UNARY_POW and DR_UNARY_CLAMP take parameters: use
+ * dr_pow_scalar / dr_clamp and their backward functions. */
+typedef enum dr_unary_op {
+    DR_UNARY_SILU = 0,        /* x * sigmoid(x) */
+    DR_UNARY_GELU = 1,        /* x/2 (1 + erf(x/sqrt 2)), approximate='none' */
+    DR_UNARY_GELU_TANH = 2,   /* x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    DR_UNARY_QUICK_GELU = 3,  /* x * sigmoid(1.702 x) */
+    DR_UNARY_RELU = 4,
+    DR_UNARY_SIGMOID = 5,
+    DR_UNARY_TANH = 6,
+    DR_UNARY_EXP = 7,
+    DR_UNARY_LOG = 8,         /* log(0) = -inf, log(x < 0) = nan */
+    DR_UNARY_SQRT = 9,
+    DR_UNARY_RSQRT = 10,
+    DR_UNARY_ABS = 11,
+    DR_UNARY_NEG = 12,
+    DR_UNARY_POW = 13,        /* x ^ exponent (a scalar) */
+    DR_UNARY_CLAMP = 14,      /* min(max(x, lo), hi) */
+    DR_NUM_UNARY_OPS = 15
+} dr_unary_op;
+/* Name of a unary op ("silu"), or "unknown". */
+const char *dr_unary_name(int32_t op);
+/* 1 if the backward of `op` reads the forward output y, 0 if the input x
+ * (y: sigmoid, tanh, exp, sqrt, rsqrt, relu; x: the rest). */
+int dr_unary_backward_uses_output(int32_t op);
+dr_status dr_unary(int32_t op, const dr_tensor *x, dr_tensor **out);
+dr_status dr_unary_backward(int32_t op, const dr_tensor *grad_out, const dr_tensor *x,
+                            const dr_tensor *y, dr_tensor **grad_x);
+dr_status dr_silu(const dr_tensor *x, dr_tensor **out);
+/* approximate: 0 for 'none' (erf), 1 for 'tanh'. */
+dr_status dr_gelu(const dr_tensor *x, int32_t approximate, dr_tensor **out);
+dr_status dr_quick_gelu(const dr_tensor *x, dr_tensor **out);
+dr_status dr_relu(const dr_tensor *x, dr_tensor **out);
+dr_status dr_sigmoid(const dr_tensor *x, dr_tensor **out);
+dr_status dr_tanh(const dr_tensor *x, dr_tensor **out);
+dr_status dr_exp(const dr_tensor *x, dr_tensor **out);
+dr_status dr_log(const dr_tensor *x, dr_tensor **out);
+dr_status dr_sqrt(const dr_tensor *x, dr_tensor **out);
+dr_status dr_rsqrt(const dr_tensor *x, dr_tensor **out);
+dr_status dr_abs(const dr_tensor *x, dr_tensor **out);
+dr_status dr_neg(const dr_tensor *x, dr_tensor **out);
+dr_status dr_pow_scalar(const dr_tensor *x, double exponent, dr_tensor **out);
+dr_status dr_pow_scalar_backward(const dr_tensor *grad_out, const dr_tensor *x,
+                                 double exponent, dr_tensor **grad_x);
+/* Pass -INFINITY for "no min" and INFINITY for "no max" (torch's None); NaN
+ * bounds are an error. min > max gives max everywhere, as torch. The gradient
+ * flows where min <= x <= max. */
+dr_status dr_clamp(const dr_tensor *x, double min, double max, dr_tensor **out);
+dr_status dr_clamp_backward(const dr_tensor *grad_out, const dr_tensor *x, double min,
+                            double max, dr_tensor **grad_x);
+
+/* softmax / log_softmax over `dim`, max-subtracted. Backward from the output y:
+ *   softmax:     dx = y * (dy - sum(dy * y))
+ *   log_softmax: dx = dy - exp(y) * sum(dy)        (sums over dim) */
+dr_status dr_softmax(const dr_tensor *x, int32_t dim, dr_tensor **out);
+dr_status dr_log_softmax(const dr_tensor *x, int32_t dim, dr_tensor **out);
+dr_status dr_softmax_backward(const dr_tensor *grad_out, const dr_tensor *y, int32_t dim,
+                              dr_tensor **grad_x);
+dr_status dr_log_softmax_backward(const dr_tensor *grad_out, const dr_tensor *y, int32_t dim,
+                                  dr_tensor **grad_x);
+
+/* layer_norm over the last `nnorm` dims (normalized_shape = their sizes), as
+ * torch.native_layer_norm: out has x's dtype; mean and rstd (float32, shape
+ * x.shape[:-nnorm] + [1]*nnorm) are optional outputs (NULL: not wanted) that the
+ * backward takes. weight and bias (shape normalized_shape) may be NULL. */
+dr_status dr_layer_norm(const dr_tensor *x, const int64_t *normalized_shape, int32_t nnorm,
+                        const dr_tensor *weight, const dr_tensor *bias, double eps,
+                        dr_tensor **out, dr_tensor **mean, dr_tensor **rstd);
+/* Any of grad_x, grad_weight, grad_bias may be NULL (not needed). */
+dr_status dr_layer_norm_backward(const dr_tensor *grad_out, const dr_tensor *x,
+                                 const int64_t *normalized_shape, int32_t nnorm,
+                                 const dr_tensor *mean, const dr_tensor *rstd,
+                                 const dr_tensor *weight, dr_tensor **grad_x,
+                                 dr_tensor **grad_weight, dr_tensor **grad_bias);
+/* group_norm of x [N, C, *] in num_groups groups of C/num_groups channels, as
+ * torch.native_group_norm: mean and rstd are float32 [N, num_groups], optional.
+ * weight and bias ([C]) may be NULL. */
+dr_status dr_group_norm(const dr_tensor *x, int64_t num_groups, const dr_tensor *weight,
+                        const dr_tensor *bias, double eps, dr_tensor **out, dr_tensor **mean,
+                        dr_tensor **rstd);
+dr_status dr_group_norm_backward(const dr_tensor *grad_out, const dr_tensor *x,
+                                 const dr_tensor *mean, const dr_tensor *rstd,
+                                 const dr_tensor *weight, int64_t num_groups,
+                                 dr_tensor **grad_x, dr_tensor **grad_weight,
+                                 dr_tensor **grad_bias);
+
+/* ---- nn: attention (core/ops/attention.c) ---------------------------------- */
+/* torch.nn.functional.scaled_dot_product_attention with dropout_p = 0:
+ *   out = softmax(q k^T * scale + mask) v,  q [B..., Lq, E], k [B..., Lk, E],
+ *   v [B..., Lk, Ev] -> out [B..., Lq, Ev]; batch dims broadcast.
+ * attn_mask (NULL: none) is bool (true = attend) or float (added to the scores),
+ * broadcastable to [B..., Lq, Lk]; it gets no gradient. is_causal: query i attends
+ * keys j <= i (top-left aligned, torch's ones(Lq, Lk).tril(), also for Lq != Lk);
+ * not together with attn_mask. scale <= 0 or NaN means 1/sqrt(E). A query row
+ * that attends no key gives zeros (as torch >= 2.5), not NaN. Memory-efficient
+ * (flash attention): extra memory is a few tiles per thread, never [Lq, Lk].
+ * f16/bf16 compute in float32. Recorded on the autograd tape for q, k and v. */
+dr_status dr_scaled_dot_product_attention(const dr_tensor *q, const dr_tensor *k,
+                                          const dr_tensor *v, const dr_tensor *attn_mask,
+                                          int is_causal, double scale, dr_tensor **out);
+/* The same, also giving logsumexp (float32 [B..., Lq]: log sum_j exp(score[i, j]),
+ * -inf for rows that attend nothing) for the explicit backward; it may be NULL. */
+dr_status dr_scaled_dot_product_attention_forward(const dr_tensor *q, const dr_tensor *k,
+                                                  const dr_tensor *v, const dr_tensor *attn_mask,
+                                                  int is_causal, double scale, dr_tensor **out,
+                                                  dr_tensor **logsumexp);
+/* Gradients given grad_out [B..., Lq, Ev], with the forward's arguments; out and
+ * logsumexp come from dr_scaled_dot_product_attention_forward (both NULL: they are
+ * recomputed). A NULL grad pointer skips that gradient; gradients have their
+ * input's shape (broadcast batch dims summed) and dtype. */
+dr_status dr_scaled_dot_product_attention_backward(
+    const dr_tensor *grad_out, const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+    const dr_tensor *attn_mask, int is_causal, double scale, const dr_tensor *out,
+    const dr_tensor *logsumexp, dr_tensor **grad_q, dr_tensor **grad_k, dr_tensor **grad_v);
+
+/* ---- shape and indexing (core/ops/shape_ops.c, index.c) ---------------------- */
+/* Also core/ops/reduce_more.c and random_more.c. torch semantics; dims are
+ * 0-based here (negative from the end) and so are indices, which are int64
+ * tensors (the Lua layer passes its 1-based indices minus one; out-of-range
+ * errors name index + 1, the Lua user's number). Backward functions return the
+ * gradient of each input; a NULL grad pointer means "not wanted". */
+
+/* torch.cat / torch.stack of n tensors along dim; the dtype is torch.result_type
+ * of all of them. cat_backward gives grads[i] = narrow(grad_out, dim, offset_i,
+ * sizes[i]) and stack_backward select(grad_out, dim, i): views of grad_out. */
+dr_status dr_cat(const dr_tensor *const *tensors, int32_t n, int32_t dim, dr_tensor **out);
+dr_status dr_cat_backward(const dr_tensor *grad_out, const int64_t *sizes, int32_t n, int32_t dim,
+                          dr_tensor **grads);
+dr_status dr_stack(const dr_tensor *const *tensors, int32_t n, int32_t dim, dr_tensor **out);
+dr_status dr_stack_backward(const dr_tensor *grad_out, int32_t n, int32_t dim, dr_tensor **grads);
+/* Inclusive prefix sum along dim (integers and bool give int64, summed in int64;
+ * floats in double). Backward: the reversed prefix sum of grad_out. */
+dr_status dr_cumsum(const dr_tensor *t, int32_t dim, dr_tensor **out);
+dr_status dr_cumsum_backward(const dr_tensor *grad_out, int32_t dim, dr_tensor **grad_input);
+/* torch.arange(start, end, step): ceil((end - start) / step) values start + i*step
+ * (double arithmetic; integer dtypes exact). torch.linspace(start, end, steps). */
+dr_status dr_arange(double start, double end, double step, int32_t dtype, dr_device device,
+                    dr_tensor **out);
+dr_status dr_linspace(double start, double end, int64_t steps, int32_t dtype, dr_device device,
+                      dr_tensor **out);
+
+/* torch.index_select(t, dim, index) with index 1-D int64; the backward sums the
+ * rows of grad_out that picked the same row (deterministic, double accumulation). */
+dr_status dr_index_select(const dr_tensor *t, int32_t dim, const dr_tensor *index,
+                          dr_tensor **out);
+dr_status dr_index_select_backward(const dr_tensor *grad_out, const int64_t *input_sizes,
+                                   int32_t ndim, int32_t dim, const dr_tensor *index,
+                                   dr_tensor **grad_input);
+/* torch.gather(t, dim, index): index int64 of t's rank, no larger than t except
+ * at dim; out has index's shape. Backward: scatter-add into zeros of input_sizes. */
+dr_status dr_gather(const dr_tensor *t, int32_t dim, const dr_tensor *index, dr_tensor **out);
+dr_status dr_gather_backward(const dr_tensor *grad_out, const int64_t *input_sizes, int32_t ndim,
+                             int32_t dim, const dr_tensor *index, dr_tensor **grad_input);
+/* F.embedding(indices, weight): indices int64 of any shape, weight [num, dim];
+ * out = indices.shape + [dim]. Only the weight has a gradient. */
+dr_status dr_embedding(const dr_tensor *indices, const dr_tensor *weight, dr_tensor **out);
+dr_status dr_embedding_backward(const dr_tensor *grad_out, const dr_tensor *indices,
+                                int64_t num_weights, dr_tensor **grad_weight);
+/* torch.where(cond, a, b): cond bool; all three broadcast; dtype result_type(a, b).
+ * Backward: grad_a = sum_to(cond ? g : 0), grad_b = sum_to(cond ? 0 : g). */
+dr_status dr_where(const dr_tensor *cond, const dr_tensor *a, const dr_tensor *b, dr_tensor **out);
+dr_status dr_where_backward(const dr_tensor *grad_out, const dr_tensor *cond, const dr_tensor *a,
+                            const dr_tensor *b, dr_tensor **grad_a, dr_tensor **grad_b);
+
+/* Reductions over `dims` (ndims 0: every dim), float inputs, as dr_sum.
+ * var = sum (x - mean)^2 / max(n - correction, 0); torch's default correction is 1.
+ * Backward: mean g/n; var 2 (x - mean) g / (n - correction); std var's of
+ * g / (2 std) (0 where std = 0). Deterministic (fixed blocks, double sums). */
+dr_status dr_mean(const dr_tensor *t, const int32_t *dims, int32_t ndims, int keepdim,
+                  dr_tensor **out);
+dr_status dr_mean_backward(const dr_tensor *grad_out, const dr_tensor *input, const int32_t *dims,
+                           int32_t ndims, int keepdim, dr_tensor **grad_input);
+dr_status dr_var(const dr_tensor *t, const int32_t *dims, int32_t ndims, double correction,
+                 int keepdim, dr_tensor **out);
+dr_status dr_var_backward(const dr_tensor *grad_out, const dr_tensor *input, const int32_t *dims,
+                          int32_t ndims, double correction, int keepdim, dr_tensor **grad_input);
+dr_status dr_std(const dr_tensor *t, const int32_t *dims, int32_t ndims, double correction,
+                 int keepdim, dr_tensor **out);
+dr_status dr_std_backward(const dr_tensor *grad_out, const dr_tensor *input,
+                          const dr_tensor *result, const int32_t *dims, int32_t ndims,
+                          double correction, int keepdim, dr_tensor **grad_input);
+/* torch.max(t, dim, keepdim) / min: values and int64 indices of the first extreme
+ * along dim (NaN counts as the extreme); either out pointer may be NULL. Any dtype.
+ * Backward: grad_values scattered to the indices (the same for min). */
+dr_status dr_max_dim(const dr_tensor *t, int32_t dim, int keepdim, dr_tensor **values,
+                     dr_tensor **indices);
+dr_status dr_min_dim(const dr_tensor *t, int32_t dim, int keepdim, dr_tensor **values,
+                     dr_tensor **indices);
+dr_status dr_max_dim_backward(const dr_tensor *grad_values, const dr_tensor *indices,
+                              const int64_t *input_sizes, int32_t ndim, int32_t dim, int keepdim,
+                              dr_tensor **grad_input);
+dr_status dr_min_dim_backward(const dr_tensor *grad_values, const dr_tensor *indices,
+                              const int64_t *input_sizes, int32_t ndim, int32_t dim, int keepdim,
+                              dr_tensor **grad_input);
+/* torch.max(t) / min over every element (0-d); the backward shares grad_out evenly
+ * among the elements equal to the result, as torch. */
+dr_status dr_max(const dr_tensor *t, dr_tensor **out);
+dr_status dr_min(const dr_tensor *t, dr_tensor **out);
+dr_status dr_max_backward(const dr_tensor *grad_out, const dr_tensor *input,
+                          const dr_tensor *result, dr_tensor **grad_input);
+dr_status dr_min_backward(const dr_tensor *grad_out, const dr_tensor *input,
+                          const dr_tensor *result, dr_tensor **grad_input);
+/* torch.argmax(t, dim, keepdim): ndims 1 (dims[0]) or 0 (the flattened input). */
+dr_status dr_argmax(const dr_tensor *t, const int32_t *dims, int32_t ndims, int keepdim,
+                    dr_tensor **out);
+dr_status dr_argmin(const dr_tensor *t, const int32_t *dims, int32_t ndims, int keepdim,
+                    dr_tensor **out);
+
+/* torch.randint(low, high, sizes): values in [low, high), drawn as int64 and cast
+ * to dtype; Tensor.normal_(mean, std) in place; F.dropout(x, p, training) with the
+ * keep mask (bool, optional out) for dropout_backward = grad * mask / (1 - p).
+ * Stream layouts in core/ops/random_more.c; gen NULL: the default generator. */
+dr_status dr_randint(int64_t low, int64_t high, const int64_t *sizes, int32_t ndim, int32_t dtype,
+                     dr_device device, dr_generator *gen, dr_tensor **out);
+dr_status dr_normal_(dr_tensor *t, double mean, double std, dr_generator *gen);
+dr_status dr_dropout(const dr_tensor *x, double p, int training, dr_generator *gen,
+                     dr_tensor **out, dr_tensor **mask);
+dr_status dr_dropout_backward(const dr_tensor *grad_out, const dr_tensor *mask, double p,
+                              dr_tensor **grad_x);
 
 /* ---- io: safetensors (core/io) -------------------------------------------- */
+/* safetensors files (the format of huggingface/safetensors): an 8-byte little-endian
+ * header length, a JSON header, the tensor bytes. open maps the file copy-on-write
+ * (the file itself is never modified) and validates the whole header as the
+ * reference implementation does; every problem is DR_ERR_IO with a message naming
+ * the file and the tensor or key. get returns a CPU tensor whose storage points
+ * into the mapping (no copy; a copy only when the bytes are misaligned for the
+ * dtype, or for F64, which loads as float32) and keeps the mapping alive after
+ * close. Dtypes: F32 F16 BF16 I64 I32 U8 BOOL (+ F64 -> float32); other dtypes of
+ * the format open fine but get fails with DR_ERR_DTYPE naming tensor and dtype. */
+typedef struct dr_safetensors dr_safetensors;
+dr_status dr_safetensors_open(const char *path, dr_safetensors **out);
+int64_t dr_safetensors_count(const dr_safetensors *f);
+/* Tensor names sorted by bytes, i in [0, count); NULL out of range. */
+const char *dr_safetensors_name(const dr_safetensors *f, int64_t i);
+dr_status dr_safetensors_get(dr_safetensors *f, const char *name, dr_tensor **out);
+/* The "__metadata__" value of `key`, or NULL. Keys sorted by bytes, i in [0, count). */
+const char *dr_safetensors_metadata(const dr_safetensors *f, const char *key);
+int64_t dr_safetensors_metadata_count(const dr_safetensors *f);
+const char *dr_safetensors_metadata_key(const dr_safetensors *f, int64_t i);
+void dr_safetensors_close(dr_safetensors *f);
+/* Writes n CPU tensors (any strides) and nmeta metadata strings, as the reference
+ * writes them (same order, same bytes), atomically: a temporary file beside `path`,
+ * fsync, rename. Names must be unique UTF-8 and not "__metadata__". */
+dr_status dr_safetensors_save(const char *path, const char *const *names,
+                              const dr_tensor *const *tensors, int64_t n,
+                              const char *const *meta_keys, const char *const *meta_values,
+                              int64_t nmeta);
+
+/* ---- autograd (core/autograd) -------------------------------------------- */
+/* Grad mode is per thread; off inside backward and dr.no_grad. */
+int dr_is_grad_enabled(void);
+void dr_set_grad_enabled(int enabled);
+/* Leaves only; floating point dtypes only. */
+dr_status dr_tensor_set_requires_grad(dr_tensor *t, int requires_grad);
+int dr_tensor_requires_grad(const dr_tensor *t);
+int dr_tensor_is_leaf(const dr_tensor *t);
+const char *dr_tensor_grad_fn_name(const dr_tensor *t);  /* NULL for leaves */
+/* The accumulated gradient (a new reference) or *out = NULL if none yet. */
+dr_status dr_tensor_get_grad(const dr_tensor *t, dr_tensor **out);
+dr_status dr_tensor_set_grad(dr_tensor *t, const dr_tensor *grad);  /* NULL clears */
+/* Same data, no history, requires_grad off. */
+dr_status dr_tensor_detach(const dr_tensor *t, dr_tensor **out);
+/* Accumulates d(root)/d(leaf) into every leaf's grad. grad NULL: root must have
+ * one element (seed 1). Without retain_graph, saved tensors are dropped. */
+dr_status dr_backward(const dr_tensor *root, const dr_tensor *grad, int retain_graph);
+/* A node whose backward is supplied by the caller (the Lua bindings use it for
+ * dr.checkpoint). fn writes one gradient per input into grads (a new reference,
+ * or NULL) and returns 0, or sets an error with dr_set_error and returns it.
+ * ctx is passed through; release(ctx) runs when the node is freed. */
+typedef int (*dr_custom_backward_fn)(void *ctx, const dr_tensor *grad, dr_tensor **grads);
+dr_status dr_autograd_custom(dr_tensor *out, const char *name, const dr_tensor *const *inputs,
+                             int32_t ninputs, dr_custom_backward_fn fn, void *ctx,
+                             void (*release)(void *ctx));
+/* A release function for dr_autograd_custom that queues ctx instead of calling
+ * back; the owner collects queued contexts with dr_autograd_take_released. */
+void dr_autograd_queue_release(void *ctx);
+int64_t dr_autograd_take_released(void **out, int64_t cap);
+/* Sets the thread's error message (for callbacks that report failures). */
+void dr_set_error(const char *message);
+
+/* ---- optimizers (core/ops/optim.c) ----------------------------------------- */
+/* In-place updates of contiguous float32 tensors of one shape, in one pass each;
+ * run them with grad mode off (dr.no_grad), as parameters require grad.
+ * AdamW (Loshchilov & Hutter; torch.optim.AdamW): p -= lr*wd*p; m = b1 m + (1-b1) g;
+ * v = b2 v + (1-b2) g^2; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). */
+dr_status dr_adamw_step_(dr_tensor *param, const dr_tensor *grad, dr_tensor *exp_avg,
+                         dr_tensor *exp_avg_sq, double lr, double beta1, double beta2,
+                         double eps, double weight_decay, int64_t step);
+/* torch.optim.SGD: d = g + wd p; buf = momentum buf + (1-dampening) d (buf = d at
+ * step 1); d = nesterov ? d + momentum buf : buf; p -= lr d. buf may be NULL when
+ * momentum is 0. first_step: 1 on the first update of this buffer. */
+dr_status dr_sgd_step_(dr_tensor *param, const dr_tensor *grad, dr_tensor *momentum_buf,
+                       double lr, double momentum, double dampening, double weight_decay,
+                       int nesterov, int first_step);
+/* self += weight * (end - self)   (EMA: lerp_(ema, param, 1 - decay)) */
+dr_status dr_lerp_(dr_tensor *self, const dr_tensor *end, double weight);
+dr_status dr_mul_scalar_(dr_tensor *self, double s);
+/* sum of squares in double, deterministic (for clip_grad_norm) */
+dr_status dr_sum_squares(const dr_tensor *t, double *out);
 
 /* ---- random ------------------------------------------------------------- */
 dr_generator *dr_default_generator(void);

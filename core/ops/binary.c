@@ -3,12 +3,68 @@
  *   add(a, b, alpha) = a + alpha*b      sub(a, b, alpha) = a - alpha*b
  *   mul(a, b) = a*b                     div(a, b) = a/b (true division)
  * The result dtype is torch.result_type(a, b); div of integers gives float32.
- * Backward lands with autograd (core/autograd): d(a+αb) = (g, αg), d(ab) =
- * (g·b, g·a), d(a/b) = (g/b, -g·a/b²), each summed over broadcast dims. */
+ * Backward: d(a±αb) = (g, ±αg), d(ab) = (g·b, g·a), d(a/b) = (g/b, -g·a/b²),
+ * each summed down to the input's shape (undoing broadcasting). */
 #include <math.h>
 
 #include "../tensor/tensor_internal.h"
 #include "../backend/backend.h"
+#include "../autograd/autograd.h"
+
+/* out = t * s for a scalar s (a 0-d tensor of t's dtype). */
+static dr_status scale(const dr_tensor *t, double s, dr_tensor **out) {
+    dr_tensor *k;
+    DR_TRY(dr_tensor_full(NULL, 0, t->scalar_type, t->device, s, &k));
+    dr_status st = dr_mul(t, k, out);
+    dr_tensor_release(k);
+    return st;
+}
+
+/* grads[i] = sum_to(g * factor) where factor is a tensor (or g itself if NULL). */
+static dr_status grad_times(const dr_node *n, int i, const dr_tensor *g, const dr_tensor *factor,
+                            double s, dr_tensor **grads) {
+    if (!dr_node_needs(n, i)) return DR_OK;
+    dr_tensor *p = NULL, *q = NULL;
+    dr_status st = factor ? dr_mul(g, factor, &p) : (dr_tensor_retain((dr_tensor *)g), p = (dr_tensor *)g, DR_OK);
+    if (st == DR_OK && s != 1.0) {
+        st = scale(p, s, &q);
+        dr_tensor_release(p);
+        p = q;
+    }
+    if (st == DR_OK) st = dr_sum_to(p, n->in_sizes[i], n->in_ndim[i], n->in_dtype[i], &grads[i]);
+    dr_tensor_release(p);
+    return st;
+}
+
+static dr_status add_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    DR_TRY(grad_times(n, 0, g, NULL, 1.0, grads));
+    return grad_times(n, 1, g, NULL, n->reals[0], grads); /* reals[0]: ±alpha */
+}
+
+static dr_status mul_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    const dr_tensor *a, *b;
+    DR_TRY(dr_autograd_saved(n, 0, &a));
+    DR_TRY(dr_autograd_saved(n, 1, &b));
+    DR_TRY(grad_times(n, 0, g, b, 1.0, grads));
+    return grad_times(n, 1, g, a, 1.0, grads);
+}
+
+static dr_status div_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    const dr_tensor *a, *b;
+    DR_TRY(dr_autograd_saved(n, 0, &a));
+    DR_TRY(dr_autograd_saved(n, 1, &b));
+    dr_tensor *gb = NULL, *gab = NULL;
+    dr_status st = dr_div(g, b, &gb);                       /* g/b */
+    if (st == DR_OK && dr_node_needs(n, 0))
+        st = dr_sum_to(gb, n->in_sizes[0], n->in_ndim[0], n->in_dtype[0], &grads[0]);
+    if (st == DR_OK && dr_node_needs(n, 1)) {
+        st = dr_div(gb, b, &gab);                            /* g/b² */
+        if (st == DR_OK) st = grad_times(n, 1, gab, a, -1.0, grads); /* -g·a/b² */
+    }
+    dr_tensor_release(gb);
+    dr_tensor_release(gab);
+    return st;
+}
 
 static const char *const op_names[] = {"add", "sub", "mul", "div"};
 
@@ -38,12 +94,28 @@ static dr_status binary(dr_binary_op op, const dr_tensor *a, const dr_tensor *b,
     if (!be) return DR_ERR_DEVICE;
 
     dr_tensor *ca = NULL, *cb = NULL, *ea = NULL, *eb = NULL, *res = NULL;
+    bool grad = dr_grad_pause();
     dr_status st = dr_as_dtype(a, dtype, &ca);
     if (st == DR_OK) st = dr_as_dtype(b, dtype, &cb);
     if (st == DR_OK) st = dr_expand_to(ca, sizes, ndim, name, &ea);
     if (st == DR_OK) st = dr_expand_to(cb, sizes, ndim, name, &eb);
     if (st == DR_OK) st = dr_tensor_new(sizes, ndim, dtype, a->device, name, &res);
     if (st == DR_OK) st = be->binary(op, res, ea, eb, alpha);
+    dr_grad_resume(grad);
+    if (st == DR_OK) { /* the tape */
+        static const dr_backward_fn backward[] = {add_backward, add_backward, mul_backward,
+                                                  div_backward};
+        const dr_tensor *inputs[2] = {a, b};
+        dr_node *node;
+        st = dr_autograd_record(res, name, backward[op], inputs, 2, &node);
+        if (st == DR_OK && node) {
+            node->reals[0] = op == DR_OP_SUB ? -alpha : alpha;
+            if (op == DR_OP_MUL || op == DR_OP_DIV) {
+                st = dr_autograd_save(node, 0, a);
+                if (st == DR_OK) st = dr_autograd_save(node, 1, b);
+            }
+        }
+    }
     dr_tensor_release(ca);
     dr_tensor_release(cb);
     dr_tensor_release(ea);

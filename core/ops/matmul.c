@@ -3,10 +3,69 @@
  *   1-D @ 1-D -> 0-d dot;  2-D @ 2-D -> mm;  1-D operands gain a unit dim that is
  *   dropped from the result;  N-D operands are batches of matrices whose batch
  *   dims broadcast.  C[..., i, j] = sum_k A[..., i, k] B[..., k, j].
- * Backward (with autograd): dA = dC @ B^T, dB = A^T @ dC, summed over broadcast
- * batch dims. f16/bf16 inputs compute in f32 and round the result once. */
+ * Backward: dA = dC @ B^T, dB = A^T @ dC (1-D operands as the matrices they were
+ * promoted to), summed over broadcast batch dims. f16/bf16 inputs compute in f32
+ * and round the result once. */
 #include "../tensor/tensor_internal.h"
 #include "../backend/backend.h"
+#include "../autograd/autograd.h"
+
+/* t with a unit dim inserted before position `at` (0-based; negative from the end). */
+static dr_status unsqueeze(const dr_tensor *t, int32_t at, dr_tensor **out) {
+    int64_t s[DR_MAX_DIMS];
+    int32_t pos = at < 0 ? t->ndim + 1 + at : at, n = 0;
+    for (int32_t d = 0; d <= t->ndim; d++) {
+        if (d == pos) s[n++] = 1;
+        if (d < t->ndim) s[n++] = t->sizes[d];
+    }
+    return dr_tensor_reshape(t, s, t->ndim + 1, out);
+}
+
+static dr_status matmul_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    const dr_tensor *a, *b;
+    DR_TRY(dr_autograd_saved(n, 0, &a));
+    DR_TRY(dr_autograd_saved(n, 1, &b));
+    int64_t k = a->sizes[a->ndim - 1];
+    int64_t row[2] = {1, k}, col[2] = {k, 1};
+    dr_tensor *a2 = NULL, *b2 = NULL, *g1 = NULL, *g2 = NULL, *t = NULL, *p = NULL;
+    /* the matrices the forward multiplied, and dC with their unit dims back */
+    dr_status st = a->ndim == 1 ? dr_tensor_view(a, row, 2, &a2) : dr_tensor_alias(a, &a2);
+    if (st == DR_OK) st = b->ndim == 1 ? dr_tensor_view(b, col, 2, &b2) : dr_tensor_alias(b, &b2);
+    if (st == DR_OK) st = a->ndim == 1 ? unsqueeze(g, -2 + (b->ndim == 1), &g1) : dr_tensor_alias(g, &g1);
+    if (st == DR_OK) st = b->ndim == 1 ? unsqueeze(g1, -1, &g2) : dr_tensor_alias(g1, &g2);
+    if (st == DR_OK && dr_node_needs(n, 0)) { /* dA = dC @ B^T */
+        st = dr_tensor_transpose(b2, -1, -2, &t);
+        if (st == DR_OK) st = dr_matmul(g2, t, &p);
+        if (st == DR_OK) st = dr_sum_to(p, a2->sizes, a2->ndim, a->scalar_type, &grads[0]);
+        if (st == DR_OK && a->ndim == 1) {
+            dr_tensor *v;
+            st = dr_tensor_reshape(grads[0], a->sizes, 1, &v);
+            dr_tensor_release(grads[0]);
+            grads[0] = v;
+        }
+        dr_tensor_release(t);
+        dr_tensor_release(p);
+        t = p = NULL;
+    }
+    if (st == DR_OK && dr_node_needs(n, 1)) { /* dB = A^T @ dC */
+        st = dr_tensor_transpose(a2, -1, -2, &t);
+        if (st == DR_OK) st = dr_matmul(t, g2, &p);
+        if (st == DR_OK) st = dr_sum_to(p, b2->sizes, b2->ndim, b->scalar_type, &grads[1]);
+        if (st == DR_OK && b->ndim == 1) {
+            dr_tensor *v;
+            st = dr_tensor_reshape(grads[1], b->sizes, 1, &v);
+            dr_tensor_release(grads[1]);
+            grads[1] = v;
+        }
+    }
+    dr_tensor_release(t);
+    dr_tensor_release(p);
+    dr_tensor_release(a2);
+    dr_tensor_release(b2);
+    dr_tensor_release(g1);
+    dr_tensor_release(g2);
+    return st;
+}
 
 /* t (with at least 2 dims) viewed as (batch, rows, cols); copies only when the
  * batch dims cannot be merged in place. */
@@ -74,9 +133,10 @@ dr_status dr_matmul(const dr_tensor *a, const dr_tensor *b, dr_tensor **out) {
     dr_tensor *a2 = NULL, *b2 = NULL, *ae = NULL, *be_ = NULL, *fa = NULL, *fb = NULL, *res = NULL;
     dr_status st = DR_OK;
     int64_t row[2] = {1, k}, col[2] = {k, 1};
+    bool grad = dr_grad_pause();
     st = a->ndim == 1 ? dr_tensor_view(a, row, 2, &a2) : dr_as_dtype(a, dtype, &a2);
     if (st == DR_OK) st = b->ndim == 1 ? dr_tensor_view(b, col, 2, &b2) : dr_as_dtype(b, dtype, &b2);
-    if (st != DR_OK) goto done;
+    if (st != DR_OK) goto paused;
 
     /* Batch shape: broadcast of both batch parts. */
     int32_t na = a2->ndim - 2, nb = b2->ndim - 2, nbatch = na > nb ? na : nb;
@@ -87,7 +147,7 @@ dr_status dr_matmul(const dr_tensor *a, const dr_tensor *b, dr_tensor **out) {
         if (sa != sb && sa != 1 && sb != 1) {
             st = dr_fail(DR_ERR_SHAPE, "matmul: batch dimensions of %s and %s cannot be broadcast",
                          dr_shape_str(a), dr_shape_str(b));
-            goto done;
+            goto paused;
         }
         batch[i] = sa == 1 ? sb : sa;
     }
@@ -101,7 +161,7 @@ dr_status dr_matmul(const dr_tensor *a, const dr_tensor *b, dr_tensor **out) {
     /* Compute in float32. */
     st = dr_as_dtype(a2, DR_F32, &fa);
     if (st == DR_OK) st = dr_as_dtype(b2, DR_F32, &fb);
-    if (st != DR_OK) goto done;
+    if (st != DR_OK) goto paused;
     if (b2->ndim == 2) {
         st = product(be, fa, fb, out_sizes, out_ndim, &res);
     } else {
@@ -119,7 +179,15 @@ dr_status dr_matmul(const dr_tensor *a, const dr_tensor *b, dr_tensor **out) {
         dr_tensor_release(res);
         res = st == DR_OK ? cast : NULL;
     }
-done:
+paused:
+    dr_grad_resume(grad);
+    if (st == DR_OK) {
+        const dr_tensor *inputs[2] = {a, b};
+        dr_node *node;
+        st = dr_autograd_record(res, "matmul", matmul_backward, inputs, 2, &node);
+        if (st == DR_OK && node) st = dr_autograd_save(node, 0, a);
+        if (st == DR_OK && node) st = dr_autograd_save(node, 1, b);
+    }
     dr_tensor_release(a2);
     dr_tensor_release(b2);
     dr_tensor_release(ae);

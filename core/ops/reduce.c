@@ -1,7 +1,25 @@
 /* Reductions: sum over dims (torch.sum). Integer and bool inputs sum to int64.
- * Backward (with autograd): the gradient broadcast back over the reduced dims. */
+ * Backward: dx = g broadcast back over the reduced dims (made contiguous, so a
+ * gradient never aliases itself). */
 #include "../tensor/tensor_internal.h"
 #include "../backend/backend.h"
+#include "../autograd/autograd.h"
+
+/* node->ints[d] = 1 for each reduced dim of the input */
+static dr_status sum_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    int64_t kept[DR_MAX_DIMS];
+    int32_t nd = n->in_ndim[0];
+    for (int32_t d = 0; d < nd; d++) kept[d] = n->ints[d] ? 1 : n->in_sizes[0][d];
+    dr_tensor *v = NULL, *e = NULL, *c = NULL;
+    dr_status st = dr_tensor_reshape(g, kept, nd, &v);
+    if (st == DR_OK) st = dr_expand_to(v, n->in_sizes[0], nd, "sum backward", &e);
+    if (st == DR_OK) st = dr_tensor_contiguous(e, &c);
+    if (st == DR_OK) st = dr_as_dtype(c, n->in_dtype[0], &grads[0]);
+    dr_tensor_release(v);
+    dr_tensor_release(e);
+    dr_tensor_release(c);
+    return st;
+}
 
 dr_status dr_sum(const dr_tensor *t, const int32_t *dims, int32_t ndims, int keepdim,
                  dr_tensor **out) {
@@ -45,12 +63,21 @@ dr_status dr_sum(const dr_tensor *t, const int32_t *dims, int32_t ndims, int kee
     int32_t dtype = dr_dtype_is_float(t->scalar_type) ? t->scalar_type : DR_I64;
 
     dr_tensor *permuted = NULL, *res = NULL, *shaped = NULL;
+    bool grad = dr_grad_pause();
     dr_status st = dr_tensor_permute(t, perm, t->ndim, &permuted);
     if (st == DR_OK) st = dr_tensor_new(keep_sizes, nkeep, dtype, t->device, "sum", &res);
     if (st == DR_OK) st = be->sum(res, permuted, nred);
     if (st == DR_OK) st = dr_tensor_view(res, out_sizes, out_ndim, &shaped);
     dr_tensor_release(permuted);
     dr_tensor_release(res);
+    dr_grad_resume(grad);
+    if (st == DR_OK) {
+        dr_node *node;
+        const dr_tensor *inputs[1] = {t};
+        st = dr_autograd_record(shaped, "sum", sum_backward, inputs, 1, &node);
+        for (int32_t d = 0; node && d < t->ndim; d++) node->ints[d] = reduce[d];
+    }
     if (st == DR_OK) *out = shaped;
+    else dr_tensor_release(shaped);
     return st;
 }

@@ -1,6 +1,25 @@
-/* Copies: contiguous, clone, dtype casts, copy_ with broadcasting, fill_. */
+/* Copies: contiguous, clone, dtype casts, copy_ with broadcasting, fill_.
+ * Backward of contiguous/clone: the gradient itself; of a cast: the gradient cast
+ * back. copy_ and fill_ write in place: they bump the storage version (so a
+ * backward that saved the old values fails loudly) and are not differentiable. */
 #include "tensor_internal.h"
 #include "../backend/backend.h"
+#include "../autograd/autograd.h"
+
+static dr_status copy_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return dr_as_dtype(g, n->in_dtype[0], &grads[0]);
+}
+
+static dr_status record_copy(dr_status st, const dr_tensor *t, const char *name, dr_tensor **out) {
+    if (st != DR_OK) return st;
+    dr_node *node;
+    st = dr_autograd_record(*out, name, copy_backward, &t, 1, &node);
+    if (st != DR_OK) {
+        dr_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
+}
 
 dr_status dr_tensor_copy_(dr_tensor *dst, const dr_tensor *src) {
     DR_TRY(dr_check_tensor(dst, "copy_", "destination"));
@@ -10,6 +29,10 @@ dr_status dr_tensor_copy_(dr_tensor *dst, const dr_tensor *src) {
                        dr_device_str(src->device), dr_device_str(dst->device));
     const dr_backend *be = dr_backend_get(dst->device, "copy_");
     if (!be) return DR_ERR_DEVICE;
+    if (dr_grad_mode() && dr_requires_grad(src))
+        return dr_fail(DR_ERR_UNSUPPORTED, "copy_: copying a tensor %s that requires grad in place "
+                       "is not differentiable yet; use clone(), or dr.no_grad", dr_shape_str(src));
+    DR_TRY(dr_autograd_inplace(dst, "copy_"));
     dr_tensor *expanded;
     DR_TRY(dr_expand_to(src, dst->sizes, dst->ndim, "copy_", &expanded));
     dr_status st = be->copy(dst, expanded);
@@ -21,6 +44,7 @@ dr_status dr_tensor_fill_(dr_tensor *t, double value) {
     DR_TRY(dr_check_tensor(t, "fill_", "tensor"));
     const dr_backend *be = dr_backend_get(t->device, "fill_");
     if (!be) return DR_ERR_DEVICE;
+    DR_TRY(dr_autograd_inplace(t, "fill_"));
     return be->fill(t, value);
 }
 
@@ -29,12 +53,14 @@ static dr_status copy_new(const dr_tensor *t, int32_t dtype, const char *op, dr_
     DR_TRY(dr_check_tensor(t, op, "tensor"));
     if (!dr_dtype_valid(dtype)) return dr_fail(DR_ERR_DTYPE, "%s: unknown dtype code %d", op, dtype);
     DR_TRY(dr_tensor_new(t->sizes, t->ndim, dtype, t->device, op, out));
+    bool grad = dr_grad_pause();
     dr_status st = dr_tensor_copy_(*out, t);
+    dr_grad_resume(grad);
     if (st != DR_OK) {
         dr_tensor_release(*out);
         *out = NULL;
     }
-    return st;
+    return record_copy(st, t, op, out);
 }
 
 dr_status dr_tensor_clone(const dr_tensor *t, dr_tensor **out) {
@@ -44,14 +70,14 @@ dr_status dr_tensor_clone(const dr_tensor *t, dr_tensor **out) {
 dr_status dr_tensor_contiguous(const dr_tensor *t, dr_tensor **out) {
     DR_TRY(dr_check_out(out, "contiguous"));
     DR_TRY(dr_check_tensor(t, "contiguous", "tensor"));
-    if (dr_tensor_is_contiguous(t)) return dr_tensor_alias(t, out);
+    if (dr_tensor_is_contiguous(t)) return record_copy(dr_tensor_alias(t, out), t, "contiguous", out);
     return copy_new(t, t->scalar_type, "contiguous", out);
 }
 
 dr_status dr_tensor_to_dtype(const dr_tensor *t, int32_t dtype, dr_tensor **out) {
     DR_TRY(dr_check_out(out, "to"));
     DR_TRY(dr_check_tensor(t, "to", "tensor"));
-    if (t->scalar_type == dtype) return dr_tensor_alias(t, out);
+    if (t->scalar_type == dtype) return record_copy(dr_tensor_alias(t, out), t, "to", out);
     return copy_new(t, dtype, "to", out);
 }
 

@@ -1,5 +1,11 @@
-/* Shape arithmetic shared by the ops: dims, broadcasting, dtype promotion. */
+/* Shape arithmetic shared by the ops: dims, broadcasting, dtype promotion; and
+ * expand, whose backward sums the gradient over the expanded dims. */
 #include "tensor_internal.h"
+#include "../autograd/autograd.h"
+
+static dr_status expand_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return dr_sum_to(g, n->in_sizes[0], n->in_ndim[0], n->in_dtype[0], &grads[0]);
+}
 
 dr_status dr_norm_dim(int32_t dim, int32_t ndim, const char *op, int32_t *out) {
     int32_t d = dim < 0 ? dim + ndim : dim;
@@ -89,5 +95,12 @@ dr_status dr_tensor_expand(const dr_tensor *t, const int64_t *sizes, int32_t ndi
         return dr_fail(DR_ERR_ARG, "expand: %d dimensions requested, at most %d are supported",
                        ndim, DR_MAX_DIMS);
     DR_TRY(dr_check_array(sizes, ndim, "expand", "sizes"));
-    return dr_expand_to(t, sizes, ndim, "expand", out);
+    DR_TRY(dr_expand_to(t, sizes, ndim, "expand", out));
+    dr_node *node;
+    dr_status st = dr_autograd_record(*out, "expand", expand_backward, &t, 1, &node);
+    if (st != DR_OK) {
+        dr_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
 }

@@ -25,6 +25,11 @@ int64_t dr_memory_allocated(int32_t device_type) {
 static void storage_release(dr_storage *s) {
     if (!s) return;
     if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    if (s->owner) {
+        s->owner_release(s->owner);
+        free(s);
+        return;
+    }
     const dr_backend *be = dr_backend_get(s->device, "release");
     if (be && s->data) {
         be->dealloc(s->device.index, s->data, s->nbytes);
@@ -40,6 +45,7 @@ void dr_tensor_retain(dr_tensor *t) {
 void dr_tensor_release(dr_tensor *t) {
     if (!t) return;
     if (__atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    dr_autograd_release_meta(t);
     storage_release(t->storage);
     free(t);
 }

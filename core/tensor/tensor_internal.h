@@ -10,9 +10,14 @@
 
 struct dr_storage {
     int32_t refcount;
+    uint32_t version; /* bumped by in-place writes; autograd checks saved tensors */
     dr_device device;
     void *data;
     size_t nbytes;
+    /* Bytes owned by someone else (a file mapping, core/io/safetensors.c): releasing
+     * the storage calls owner_release(owner) instead of the backend's dealloc. */
+    void *owner;
+    void (*owner_release)(void *owner);
 };
 
 static inline dr_device dr_cpu(void) { dr_device d = {DR_CPU, 0}; return d; }
@@ -23,6 +28,9 @@ static inline bool dr_dtype_is_float(int32_t dt) {
     return dt == DR_F32 || dt == DR_F16 || dt == DR_BF16;
 }
 static inline bool dr_dtype_valid(int32_t dt) { return dt >= 0 && dt < DR_NUM_DTYPES; }
+
+/* Frees t->autograd (grad, grad_fn); defined in core/autograd. */
+void dr_autograd_release_meta(dr_tensor *t);
 
 /* A contiguous tensor with fresh storage (uninitialised). */
 dr_status dr_tensor_new(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_device device,

@@ -1,5 +1,61 @@
-/* Views: new geometry over the same storage, no data copied. */
+/* Views: new geometry over the same storage, no data copied.
+ *
+ * Backward of each (the gradient of the input from that of the view):
+ *   view/reshape: reshape back;  permute: the inverse permutation;
+ *   transpose: the same transpose;  expand: sum over the expanded dims;
+ *   narrow/select: zeros of the input's shape with the gradient copied into
+ *   the narrowed/selected part. */
 #include "tensor_internal.h"
+#include "../autograd/autograd.h"
+
+static dr_status reshape_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return dr_tensor_reshape(g, n->in_sizes[0], n->in_ndim[0], &grads[0]);
+}
+
+static dr_status permute_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    int32_t inverse[DR_MAX_DIMS];
+    for (int32_t i = 0; i < g->ndim; i++) inverse[n->ints[i]] = i;
+    return dr_tensor_permute(g, inverse, g->ndim, &grads[0]);
+}
+
+static dr_status transpose_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return dr_tensor_transpose(g, (int32_t)n->ints[0], (int32_t)n->ints[1], &grads[0]);
+}
+
+/* zeros of the input's shape; `part` is the region the forward viewed */
+static dr_status scatter_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads,
+                                  bool is_select) {
+    dr_tensor *z = NULL, *part = NULL;
+    dr_status st = dr_tensor_full(n->in_sizes[0], n->in_ndim[0], g->scalar_type, g->device, 0, &z);
+    if (st == DR_OK)
+        st = is_select ? dr_tensor_select(z, (int32_t)n->ints[0], n->ints[1], &part)
+                       : dr_tensor_narrow(z, (int32_t)n->ints[0], n->ints[1], n->ints[2], &part);
+    if (st == DR_OK) st = dr_tensor_copy_(part, g);
+    dr_tensor_release(part);
+    if (st == DR_OK) grads[0] = z;
+    else dr_tensor_release(z);
+    return st;
+}
+static dr_status narrow_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return scatter_backward(n, g, grads, false);
+}
+static dr_status select_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return scatter_backward(n, g, grads, true);
+}
+
+/* Puts the view `*out` of t on the tape; params go to node->ints. */
+static dr_status record(dr_status st, const dr_tensor *t, dr_tensor **out, const char *name,
+                        dr_backward_fn fn, const int64_t *params, int32_t nparams) {
+    if (st != DR_OK) return st;
+    dr_node *node;
+    st = dr_autograd_record(*out, name, fn, &t, 1, &node);
+    for (int32_t i = 0; node && i < nparams; i++) node->ints[i] = params[i];
+    if (st != DR_OK) {
+        dr_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
+}
 
 /* Strides for viewing t as `sizes` without a copy, or false when the memory
  * layout does not allow it (torch's computeStride: split/merge only within runs
@@ -100,7 +156,8 @@ dr_status dr_tensor_view(const dr_tensor *t, const int64_t *sizes, int32_t ndim,
         return dr_fail(DR_ERR_SHAPE, "view: shape %s is not compatible with the strides of the "
                        "input %s; use reshape (which copies) or contiguous() first",
                        dr_sizes_str(resolved, ndim), dr_shape_str(t));
-    return make_view(t, resolved, strides, ndim, t->storage_offset, out);
+    return record(make_view(t, resolved, strides, ndim, t->storage_offset, out), t, out, "view",
+                  reshape_backward, NULL, 0);
 }
 
 dr_status dr_tensor_reshape(const dr_tensor *t, const int64_t *sizes, int32_t ndim,
@@ -110,8 +167,9 @@ dr_status dr_tensor_reshape(const dr_tensor *t, const int64_t *sizes, int32_t nd
     DR_TRY(dr_check_tensor(t, "reshape", "tensor"));
     DR_TRY(infer_sizes(t, sizes, ndim, "reshape", resolved));
     if (view_strides(t, resolved, ndim, strides))
-        return make_view(t, resolved, strides, ndim, t->storage_offset, out);
-    dr_tensor *c;
+        return record(make_view(t, resolved, strides, ndim, t->storage_offset, out), t, out,
+                      "reshape", reshape_backward, NULL, 0);
+    dr_tensor *c; /* contiguous copy, then a view of it: both on the tape */
     DR_TRY(dr_tensor_contiguous(t, &c));
     dr_status st = dr_tensor_view(c, resolved, ndim, out);
     dr_tensor_release(c);
@@ -126,7 +184,7 @@ dr_status dr_tensor_permute(const dr_tensor *t, const int32_t *dims, int32_t ndi
     if (ndim != t->ndim)
         return dr_fail(DR_ERR_ARG, "permute: %d dims given for a %d-d tensor %s", ndim, t->ndim,
                        dr_shape_str(t));
-    int64_t sizes[DR_MAX_DIMS], strides[DR_MAX_DIMS];
+    int64_t sizes[DR_MAX_DIMS], strides[DR_MAX_DIMS], perm[DR_MAX_DIMS];
     bool seen[DR_MAX_DIMS] = {false};
     for (int32_t i = 0; i < ndim; i++) {
         int32_t d;
@@ -135,8 +193,10 @@ dr_status dr_tensor_permute(const dr_tensor *t, const int32_t *dims, int32_t ndi
         seen[d] = true;
         sizes[i] = t->sizes[d];
         strides[i] = t->strides[d];
+        perm[i] = d;
     }
-    return make_view(t, sizes, strides, ndim, t->storage_offset, out);
+    return record(make_view(t, sizes, strides, ndim, t->storage_offset, out), t, out, "permute",
+                  permute_backward, perm, ndim);
 }
 
 dr_status dr_tensor_transpose(const dr_tensor *t, int32_t dim0, int32_t dim1, dr_tensor **out) {
@@ -147,13 +207,15 @@ dr_status dr_tensor_transpose(const dr_tensor *t, int32_t dim0, int32_t dim1, dr
     DR_TRY(dr_norm_dim(dim0, nd, "transpose", &d0));
     DR_TRY(dr_norm_dim(dim1, nd, "transpose", &d1));
     DR_TRY(dr_tensor_alias(t, out));
-    if (t->ndim == 0) return DR_OK;
-    int64_t s = (*out)->sizes[d0], st = (*out)->strides[d0];
-    (*out)->sizes[d0] = (*out)->sizes[d1];
-    (*out)->strides[d0] = (*out)->strides[d1];
-    (*out)->sizes[d1] = s;
-    (*out)->strides[d1] = st;
-    return DR_OK;
+    if (t->ndim > 0) {
+        int64_t s = (*out)->sizes[d0], st = (*out)->strides[d0];
+        (*out)->sizes[d0] = (*out)->sizes[d1];
+        (*out)->strides[d0] = (*out)->strides[d1];
+        (*out)->sizes[d1] = s;
+        (*out)->strides[d1] = st;
+    }
+    int64_t params[2] = {d0, d1};
+    return record(DR_OK, t, out, "transpose", transpose_backward, params, 2);
 }
 
 dr_status dr_tensor_narrow(const dr_tensor *t, int32_t dim, int64_t start, int64_t length,
@@ -171,7 +233,8 @@ dr_status dr_tensor_narrow(const dr_tensor *t, int32_t dim, int64_t start, int64
     DR_TRY(dr_tensor_alias(t, out));
     (*out)->sizes[d] = length;
     (*out)->storage_offset += start * t->strides[d];
-    return DR_OK;
+    int64_t params[3] = {d, start, length};
+    return record(DR_OK, t, out, "narrow", narrow_backward, params, 3);
 }
 
 dr_status dr_tensor_select(const dr_tensor *t, int32_t dim, int64_t index, dr_tensor **out) {
@@ -193,5 +256,6 @@ dr_status dr_tensor_select(const dr_tensor *t, int32_t dim, int64_t index, dr_te
         v->strides[i] = t->strides[i + 1];
     }
     v->ndim = t->ndim - 1;
-    return DR_OK;
+    int64_t params[2] = {d, index};
+    return record(DR_OK, t, out, "select", select_backward, params, 2);
 }

@@ -22,6 +22,10 @@ const char *dr_last_error(void) { return last_msg; }
 
 void dr_clear_error(void) { last_msg[0] = '\0'; }
 
+void dr_set_error(const char *message) {
+    snprintf(last_msg, sizeof last_msg, "%s", message ? message : "");
+}
+
 static char *ring_slot(void) {
     char *s = ring[ring_next % RING];
     ring_next++;

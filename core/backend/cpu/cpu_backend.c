@@ -115,7 +115,8 @@ static dr_status cpu_fill(dr_tensor *t, double value) {
     }
     /* Strided: convert once into a 1-element tensor, then broadcast-copy it. */
     uint64_t scalar_bits = 0;
-    dr_storage storage = {1, t->device, &scalar_bits, sizeof scalar_bits};
+    dr_storage storage = {.refcount = 1, .device = t->device, .data = &scalar_bits,
+                          .nbytes = sizeof scalar_bits};
     dr_tensor scalar;
     memset(&scalar, 0, sizeof scalar);
     scalar.ndim = t->ndim;
@@ -136,7 +137,45 @@ const dr_backend dr_cpu_backend = {
     .binary = dr_cpu_binary,
     .matmul = dr_cpu_matmul,
     .sum = dr_cpu_sum,
+    /* ---- nn: attention ---- */
+    .attention = dr_cpu_attention,
+    .attention_backward = dr_cpu_attention_backward,
+    /* ---- shape and indexing ---- */
+    .index_check = dr_cpu_index_check,
+    .index_select = dr_cpu_index_select,
+    .index_add = dr_cpu_index_add,
+    .gather = dr_cpu_gather,
+    .scatter_add = dr_cpu_scatter_add,
+    .where = dr_cpu_where,
+    .moments = dr_cpu_moments,
+    .argreduce = dr_cpu_argreduce,
+    .extreme_backward = dr_cpu_extreme_backward,
+    .cumsum = dr_cpu_cumsum,
+    .fill_range = dr_cpu_fill_range,
+    .randint = dr_cpu_randint,
+    .dropout_mask = dr_cpu_dropout_mask,
+    .masked_scale = dr_cpu_masked_scale,
+    .adamw = dr_cpu_adamw,
+    .sgd = dr_cpu_sgd,
+    .lerp = dr_cpu_lerp,
+    .scale = dr_cpu_scale,
+    .sum_squares = dr_cpu_sum_squares,
     /* ---- nn: convolution and resampling ---- */
+    .conv2d = dr_cpu_conv2d,
+    .conv2d_backward_input = dr_cpu_conv2d_backward_input,
+    .conv2d_backward_weight = dr_cpu_conv2d_backward_weight,
+    .upsample_nearest2d = dr_cpu_upsample_nearest2d,
+    .upsample_nearest2d_backward = dr_cpu_upsample_nearest2d_backward,
+    .avg_pool2d = dr_cpu_avg_pool2d,
+    .avg_pool2d_backward = dr_cpu_avg_pool2d_backward,
     /* ---- nn: normalization, softmax, unary math ---- */
+    .unary = dr_cpu_unary,
+    .unary_backward = dr_cpu_unary_backward,
+    .softmax = dr_cpu_softmax,
+    .softmax_backward = dr_cpu_softmax_backward,
+    .layer_norm = dr_cpu_layer_norm,
+    .layer_norm_backward = dr_cpu_layer_norm_backward,
+    .group_norm = dr_cpu_group_norm,
+    .group_norm_backward = dr_cpu_group_norm_backward,
     .random = dr_cpu_random,
 };

@@ -36,6 +36,12 @@ static inline void dr_iter_row(const dr_iter *it, int64_t row, int64_t *off) {
 
 static inline char *dr_cpu_base(const dr_tensor *t) { return (char *)t->storage->data; }
 
+dr_status dr_cpu_adamw(dr_tensor *param, const dr_tensor *grad, dr_tensor *exp_avg,
+                       dr_tensor *exp_avg_sq, const double *hyper);
+dr_status dr_cpu_sgd(dr_tensor *param, const dr_tensor *grad, dr_tensor *buf, const double *hyper);
+dr_status dr_cpu_lerp(dr_tensor *self, const dr_tensor *end, double weight);
+dr_status dr_cpu_scale(dr_tensor *self, double s);
+dr_status dr_cpu_sum_squares(const dr_tensor *t, double *out);
 dr_status dr_cpu_alloc(int32_t device_index, size_t nbytes, void **ptr);
 void dr_cpu_dealloc(int32_t device_index, void *ptr, size_t nbytes);
 dr_status dr_cpu_binary(dr_binary_op op, dr_tensor *out, const dr_tensor *a,
@@ -44,5 +50,79 @@ dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b);
 dr_status dr_cpu_sum(dr_tensor *out, const dr_tensor *in, int32_t nreduce);
 dr_status dr_cpu_random(dr_tensor *out, dr_random_kind kind, uint64_t seed, uint64_t offset,
                         uint32_t uniform_bits);
+/* ---- nn: convolution and resampling (cpu_conv.c, cpu_pool.c) ---- */
+dr_status dr_cpu_conv2d(dr_tensor *out, const dr_tensor *in, const dr_tensor *weight,
+                        const dr_tensor *bias, const int64_t *stride, const int64_t *padding,
+                        const int64_t *dilation, int64_t groups);
+dr_status dr_cpu_conv2d_backward_input(dr_tensor *grad_in, const dr_tensor *grad_out,
+                                       const dr_tensor *weight, const int64_t *stride,
+                                       const int64_t *padding, const int64_t *dilation,
+                                       int64_t groups);
+dr_status dr_cpu_conv2d_backward_weight(dr_tensor *grad_weight, dr_tensor *grad_bias,
+                                        const dr_tensor *grad_out, const dr_tensor *in,
+                                        const int64_t *stride, const int64_t *padding,
+                                        const int64_t *dilation, int64_t groups);
+dr_status dr_cpu_upsample_nearest2d(dr_tensor *out, const dr_tensor *in);
+dr_status dr_cpu_upsample_nearest2d_backward(dr_tensor *grad_in, const dr_tensor *grad_out);
+dr_status dr_cpu_avg_pool2d(dr_tensor *out, const dr_tensor *in, const int64_t *kernel,
+                            const int64_t *stride, const int64_t *padding);
+dr_status dr_cpu_avg_pool2d_backward(dr_tensor *grad_in, const dr_tensor *grad_out,
+                                     const int64_t *kernel, const int64_t *stride,
+                                     const int64_t *padding);
+/* ---- nn: normalization, softmax, unary math (cpu_norm.c, cpu_softmax.c, cpu_unary.c) ---- */
+dr_status dr_cpu_unary(dr_unary_op op, dr_tensor *out, const dr_tensor *in, double p0, double p1);
+dr_status dr_cpu_unary_backward(dr_unary_op op, dr_tensor *grad_in, const dr_tensor *grad_out,
+                                const dr_tensor *saved, double p0, double p1);
+dr_status dr_cpu_softmax(dr_tensor *out, const dr_tensor *in, int32_t dim, int log);
+dr_status dr_cpu_softmax_backward(dr_tensor *grad_in, const dr_tensor *grad_out,
+                                  const dr_tensor *y, int32_t dim, int log);
+dr_status dr_cpu_layer_norm(dr_tensor *out, dr_tensor *mean, dr_tensor *rstd, const dr_tensor *in,
+                            const dr_tensor *weight, const dr_tensor *bias, int64_t rows,
+                            int64_t cols, double eps);
+dr_status dr_cpu_layer_norm_backward(dr_tensor *grad_in, dr_tensor *grad_weight,
+                                     dr_tensor *grad_bias, const dr_tensor *grad_out,
+                                     const dr_tensor *in, const dr_tensor *mean,
+                                     const dr_tensor *rstd, const dr_tensor *weight,
+                                     int64_t rows, int64_t cols);
+dr_status dr_cpu_group_norm(dr_tensor *out, dr_tensor *mean, dr_tensor *rstd, const dr_tensor *in,
+                            const dr_tensor *weight, const dr_tensor *bias, int64_t n, int64_t c,
+                            int64_t hw, int64_t groups, double eps);
+dr_status dr_cpu_group_norm_backward(dr_tensor *grad_in, dr_tensor *grad_weight,
+                                     dr_tensor *grad_bias, const dr_tensor *grad_out,
+                                     const dr_tensor *in, const dr_tensor *mean,
+                                     const dr_tensor *rstd, const dr_tensor *weight, int64_t n,
+                                     int64_t c, int64_t hw, int64_t groups);
+
+/* ---- shape and indexing (cpu_index.c, cpu_shape.c, cpu_reduce_more.c, cpu_random_more.c) ---- */
+dr_status dr_cpu_index_check(const dr_tensor *index, int64_t size, int64_t *bad, int *found);
+dr_status dr_cpu_index_select(dr_tensor *out, const dr_tensor *in, const dr_tensor *index,
+                              int64_t outer, int64_t inner);
+dr_status dr_cpu_index_add(dr_tensor *grad_in, const dr_tensor *grad_out, const dr_tensor *index,
+                           int64_t outer, int64_t inner);
+dr_status dr_cpu_gather(dr_tensor *out, const dr_tensor *in, int32_t dim, const dr_tensor *index);
+dr_status dr_cpu_scatter_add(dr_tensor *grad_in, int32_t dim, const dr_tensor *index,
+                             const dr_tensor *grad_out);
+dr_status dr_cpu_where(dr_tensor *out, const dr_tensor *cond, const dr_tensor *a,
+                       const dr_tensor *b);
+dr_status dr_cpu_moments(dr_tensor *mean, dr_tensor *var, const dr_tensor *in, int32_t nreduce,
+                         double correction, int take_sqrt);
+dr_status dr_cpu_argreduce(dr_tensor *values, dr_tensor *indices, const dr_tensor *in, int is_min);
+dr_status dr_cpu_extreme_backward(dr_tensor *grad_in, const dr_tensor *in, double value, double g);
+dr_status dr_cpu_cumsum(dr_tensor *out, const dr_tensor *in, int32_t dim, int reverse);
+dr_status dr_cpu_fill_range(dr_tensor *out, double start, double step, double end, int linspace);
+dr_status dr_cpu_randint(dr_tensor *out, int64_t low, uint64_t range, uint64_t seed,
+                         uint64_t offset);
+dr_status dr_cpu_dropout_mask(dr_tensor *mask, double p, uint64_t seed, uint64_t offset);
+dr_status dr_cpu_masked_scale(dr_tensor *out, const dr_tensor *in, const dr_tensor *mask,
+                              double scale);
+
+/* ---- nn: attention (cpu_attention.c) ---- */
+dr_status dr_cpu_attention(dr_tensor *out, dr_tensor *lse, const dr_tensor *q, const dr_tensor *k,
+                           const dr_tensor *v, const dr_tensor *mask, int causal, double scale);
+dr_status dr_cpu_attention_backward(dr_tensor *grad_q, dr_tensor *grad_k, dr_tensor *grad_v,
+                                    const dr_tensor *grad_out, const dr_tensor *q,
+                                    const dr_tensor *k, const dr_tensor *v,
+                                    const dr_tensor *mask, const dr_tensor *out,
+                                    const dr_tensor *lse, int causal, double scale);
 
 #endif

@@ -150,6 +150,11 @@ function M.tensor(t)
     suffixes[#suffixes + 1] = ("device='%s'"):format(dtypes.device_name(p.device))
   end
   local dtype_suffix = 'dtype=dr.' .. dtypes.names[code]
+  local autograd_suffix -- torch: requires_grad=True on leaves, grad_fn=<...> after ops
+  if C.dr_tensor_requires_grad(p) ~= 0 then
+    autograd_suffix = C.dr_tensor_is_leaf(p) ~= 0 and 'requires_grad=True'
+                      or ('grad_fn=<%s>'):format(t.grad_fn)
+  end
   local numel = tonumber(C.dr_tensor_numel(p))
   local body
   if p.storage == nil then
@@ -169,6 +174,7 @@ function M.tensor(t)
     local fmt = make_formatter(values, code)
     body = p.ndim == 0 and fmt(values[1]) or layout(p, values, fmt, summarize)
   end
+  suffixes[#suffixes + 1] = autograd_suffix
   return add_suffixes(prefix .. body, suffixes, #prefix)
 end
 

@@ -14,6 +14,13 @@ for _, k in ipairs { 'tensor', 'empty', 'zeros', 'ones', 'full', 'randn', 'rand'
                      'Generator', 'manual_seed', 'default_generator' } do
   M[k] = F[k]
 end
+for k, v in pairs(require 'diffrl.core.ops_shape') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.ops_attention') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.ops_conv') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.ops_nn') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.autograd') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.inplace') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.io') do M[k] = v end
 
 -- dtypes as torch spells them: dr.float32 == 'float32'
 for code = 0, #dtypes.names do M[dtypes.names[code]] = dtypes.names[code] end

@@ -15,7 +15,8 @@ ffi.cdef 'typedef struct dr_ref { dr_tensor *ptr; } dr_ref;'
 local M = {}
 local Tensor = {}  -- methods
 local getters = {} -- properties: t.shape, t.dtype, ...
-M.Tensor = Tensor
+local setters = {} -- assignable properties: t.grad = nil
+M.Tensor, M.getters, M.setters = Tensor, getters, setters
 
 local ref_t
 local out_box = ffi.new('dr_tensor*[1]')
@@ -147,6 +148,8 @@ mt.__index = function(t, k)
   raise(("Tensor has no method or property '%s'"):format(tostring(k)))
 end
 mt.__newindex = function(t, k, v)
+  local set = setters[k]
+  if set then return set(t, v) end
   if type(k) == 'number' then
     local row = t:select(1, k)
     if is_tensor(v) then row:copy_(v) else row:fill_(v) end

@@ -1,0 +1,59 @@
+"""PyTorch CPU on the shapes of bench/conv_bench.lua: conv2d forward, and forward +
+backward (input, weight and bias gradients through torch.ops.aten.convolution_backward,
+like diffrl's explicit dr.conv2d_backward). Median wall ms per call, GFLOP/s.
+
+    python3 bench/conv_bench_torch.py [threads] [repeats]
+"""
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
+repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+
+SHAPES = [  # name, input, weight, padding, stride (as in conv_bench.lua)
+    ("SD down/up block 3x3", (2, 320, 32, 32), (320, 320, 3, 3), 1, 1),
+    ("SD mid block 3x3", (2, 1280, 8, 8), (1280, 1280, 3, 3), 1, 1),
+    ("SD conv_in 3x3", (2, 4, 64, 64), (320, 4, 3, 3), 1, 1),
+    ("SD downsample 3x3 s2", (2, 640, 32, 32), (640, 640, 3, 3), 1, 2),
+    ("SD skip 1x1", (2, 960, 32, 32), (320, 960, 1, 1), 0, 1),
+]
+
+
+def timed(f):
+    f()
+    walls = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
+
+
+print(f"torch {torch.__version__} conv2d, {threads} threads, {repeats} repeats, float32, "
+      f"mkldnn {torch.backends.mkldnn.is_available()}")
+print(f"{'shape':24} {'input':20} {'weight':20} {'fwd ms':>10} {'fwd GF/s':>9} "
+      f"{'f+b ms':>10} {'f+b GF/s':>9}")
+with torch.no_grad():
+    for name, xs, ws, pad, stride in SHAPES:
+        x, w, b = torch.randn(xs), torch.randn(ws), torch.randn(ws[0])
+        y = F.conv2d(x, w, b, stride=stride, padding=pad)
+        g = torch.randn_like(y)
+        flops = 2 * xs[0] * ws[0] * y.shape[2] * y.shape[3] * ws[1] * ws[2] * ws[3]
+
+        def both():
+            F.conv2d(x, w, b, stride=stride, padding=pad)
+            torch.ops.aten.convolution_backward(
+                g, x, w, [ws[0]], [stride, stride], [pad, pad], [1, 1], False, [0, 0], 1,
+                [True, True, True])
+
+        fwd = timed(lambda: F.conv2d(x, w, b, stride=stride, padding=pad))
+        fb = timed(both)
+        print(f"{name:24} {'x'.join(map(str, xs)):20} {'x'.join(map(str, ws)):20} "
+              f"{fwd * 1e3:10.2f} {flops / fwd / 1e9:9.1f} {fb * 1e3:10.2f} "
+              f"{3 * flops / fb / 1e9:9.1f}")

@@ -1,0 +1,84 @@
+"""PyTorch CPU on the shapes of bench/norm_bench.lua: group_norm, softmax, layer_norm,
+silu and gelu, forward and the explicit backward ATen kernels (native_group_norm_backward,
+_softmax_backward_data, native_layer_norm_backward, silu_backward, gelu_backward), like
+diffrl's dr_*_backward. Median wall ms per call and GB/s of the same nominal traffic
+(forward 2, backward 3 float32 tensors).
+
+    python3 bench/norm_bench_torch.py [threads] [repeats]
+"""
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
+repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+aten = torch.ops.aten
+
+
+def timed(f):
+    f()
+    walls = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
+
+
+def group_norm():
+    shape = (2, 320, 64, 64)
+    x, g, w, b = torch.randn(shape), torch.randn(shape), torch.randn(320), torch.randn(320)
+    _, mean, rstd = aten.native_group_norm(x, w, b, 2, 320, 64 * 64, 32, 1e-5)
+    fwd = timed(lambda: F.group_norm(x, 32, w, b, 1e-5))
+    bwd = timed(lambda: aten.native_group_norm_backward(g, x, mean, rstd, w, 2, 320, 64 * 64, 32,
+                                                         [True, True, True]))
+    return "group_norm G=32 (+w, b)", shape, fwd, bwd
+
+
+def softmax():
+    shape = (16, 4096, 77)
+    x, g = torch.randn(shape), torch.randn(shape)
+    y = torch.softmax(x, -1)
+    fwd = timed(lambda: torch.softmax(x, -1))
+    bwd = timed(lambda: torch._softmax_backward_data(g, y, -1, torch.float32))
+    return "softmax dim=-1", shape, fwd, bwd
+
+
+def layer_norm():
+    shape = (2, 4096, 320)
+    x, g, w, b = torch.randn(shape), torch.randn(shape), torch.randn(320), torch.randn(320)
+    _, mean, rstd = aten.native_layer_norm(x, [320], w, b, 1e-5)
+    fwd = timed(lambda: F.layer_norm(x, [320], w, b, 1e-5))
+    bwd = timed(lambda: aten.native_layer_norm_backward(g, x, [320], mean, rstd, w, b,
+                                                         [True, True, True]))
+    return "layer_norm [320] (+w, b)", shape, fwd, bwd
+
+
+def silu():
+    shape = (2, 320, 64, 64)
+    x, g = torch.randn(shape), torch.randn(shape)
+    return "silu", shape, timed(lambda: F.silu(x)), timed(lambda: aten.silu_backward(g, x))
+
+
+def gelu():
+    shape = (2, 4096, 1280)
+    x, g = torch.randn(shape), torch.randn(shape)
+    return "gelu", shape, timed(lambda: F.gelu(x)), timed(lambda: aten.gelu_backward(g, x))
+
+
+print(f"torch {torch.__version__} norm/softmax/unary, {threads} threads, {repeats} repeats, "
+      f"float32")
+print(f"{'op':26} {'shape':16} {'fwd ms':>10} {'fwd GB/s':>9} {'bwd ms':>10} {'bwd GB/s':>9}")
+with torch.no_grad():
+    for case in (group_norm, softmax, layer_norm, silu, gelu):
+        name, shape, fwd, bwd = case()
+        n = 1
+        for s in shape:
+            n *= s
+        print(f"{name:26} {'x'.join(map(str, shape)):16} {fwd * 1e3:10.3f} "
+              f"{2 * 4 * n / fwd / 1e9:9.2f} {bwd * 1e3:10.3f} {3 * 4 * n / bwd / 1e9:9.2f}")

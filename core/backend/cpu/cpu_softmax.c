@@ -1,0 +1,188 @@
+/* softmax / log_softmax over one dim of a contiguous float32 tensor, forward and
+ * backward (formulas in core/ops/softmax.c).
+ *
+ * The tensor is read as [outer, n, inner] with n the softmax dim. inner == 1 (the
+ * last dim, the attention case) runs row by row with vectorised reductions;
+ * otherwise a tile of TILE neighbouring columns is reduced together, so the loads
+ * along the row stay contiguous. Each row's sums run in one fixed order, so
+ * results do not depend on the thread count. */
+#include <math.h>
+
+#include "cpu_internal.h"
+#include "cpu_vecmath.h"
+
+enum { TILE = 64 };
+
+typedef struct geom {
+    int64_t outer, n, inner;
+} geom;
+
+static geom geometry(const dr_tensor *t, int32_t dim) {
+    geom g = {1, t->ndim ? t->sizes[dim] : 1, 1};
+    for (int32_t d = 0; d < dim; d++) g.outer *= t->sizes[d];
+    for (int32_t d = dim + 1; d < t->ndim; d++) g.inner *= t->sizes[d];
+    return g;
+}
+
+/* ---- one contiguous row ------------------------------------------------------ */
+
+/* Rows are short (77 tokens in attention): the exps run in blocks of LANES with
+ * a per-lane accumulator, and the tail as one more block padded with -inf (whose
+ * exp is 0), so every exp is a vector one and no scalar epilogue remains. */
+enum { LANES = 8 };
+
+static inline float row_max(const float *restrict x, int64_t n) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* y[i] = exp(x[i] - m); returns their sum. */
+static inline float exp_shifted(float *restrict y, const float *restrict x, int64_t n, float m) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            float e = dr_vexpf(x[i + j] - m);
+            y[i + j] = e;
+            acc[j] += e;
+        }
+    if (i < n) {
+        float t[LANES];
+        for (int j = 0; j < LANES; j++) t[j] = i + j < n ? x[i + j] - m : -INFINITY;
+        for (int j = 0; j < LANES; j++) {
+            t[j] = dr_vexpf(t[j]);
+            acc[j] += t[j];
+        }
+        for (int j = 0; i + j < n; j++) y[i + j] = t[j];
+    }
+    float s = 0.0f;
+    for (int j = 0; j < LANES; j++) s += acc[j];
+    return s;
+}
+
+DR_CPU_CLONES
+static void row_forward(float *restrict y, const float *restrict x, int64_t n, int log) {
+    float m = row_max(x, n);
+    float s = exp_shifted(y, x, n, m);
+    if (log) { /* (x - m) is exact for x near m; adding m to log(s) first would round */
+        float ls = logf(s);
+        for (int64_t i = 0; i < n; i++) y[i] = (x[i] - m) - ls;
+    } else {
+        float r = 1.0f / s;
+        for (int64_t i = 0; i < n; i++) y[i] *= r;
+    }
+}
+
+DR_CPU_CLONES
+static void row_backward(float *restrict dx, const float *restrict dy, const float *restrict y,
+                         int64_t n, int log) {
+    float s = 0.0f;
+    if (log) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) s += dy[i];
+        exp_shifted(dx, y, n, 0.0f);
+        for (int64_t i = 0; i < n; i++) dx[i] = dy[i] - dx[i] * s;
+    } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) s += dy[i] * y[i];
+        for (int64_t i = 0; i < n; i++) dx[i] = y[i] * (dy[i] - s);
+    }
+}
+
+/* ---- a tile of w columns, each reduced over n rows of stride `inner` --------------- */
+
+DR_CPU_CLONES
+static void tile_forward(float *restrict y, const float *restrict x, int64_t n, int64_t inner,
+                         int64_t w, int log) {
+    float m[TILE], s[TILE];
+    for (int64_t j = 0; j < w; j++) {
+        m[j] = -INFINITY;
+        s[j] = 0.0f;
+    }
+    for (int64_t k = 0; k < n; k++) {
+        const float *xk = x + k * inner;
+        for (int64_t j = 0; j < w; j++) m[j] = xk[j] > m[j] ? xk[j] : m[j];
+    }
+    for (int64_t k = 0; k < n; k++) {
+        const float *xk = x + k * inner;
+        float *yk = y + k * inner;
+        if (log)
+            for (int64_t j = 0; j < w; j++) s[j] += dr_vexpf(xk[j] - m[j]);
+        else
+            for (int64_t j = 0; j < w; j++) {
+                yk[j] = dr_vexpf(xk[j] - m[j]);
+                s[j] += yk[j];
+            }
+    }
+    for (int64_t j = 0; j < w; j++) s[j] = log ? logf(s[j]) : 1.0f / s[j];
+    for (int64_t k = 0; k < n; k++) {
+        const float *xk = x + k * inner;
+        float *yk = y + k * inner;
+        if (log)
+            for (int64_t j = 0; j < w; j++) yk[j] = (xk[j] - m[j]) - s[j];
+        else
+            for (int64_t j = 0; j < w; j++) yk[j] *= s[j];
+    }
+}
+
+DR_CPU_CLONES
+static void tile_backward(float *restrict dx, const float *restrict dy, const float *restrict y,
+                          int64_t n, int64_t inner, int64_t w, int log) {
+    float s[TILE];
+    for (int64_t j = 0; j < w; j++) s[j] = 0.0f;
+    for (int64_t k = 0; k < n; k++) {
+        const float *dyk = dy + k * inner, *yk = y + k * inner;
+        if (log)
+            for (int64_t j = 0; j < w; j++) s[j] += dyk[j];
+        else
+            for (int64_t j = 0; j < w; j++) s[j] += dyk[j] * yk[j];
+    }
+    for (int64_t k = 0; k < n; k++) {
+        const float *dyk = dy + k * inner, *yk = y + k * inner;
+        float *dxk = dx + k * inner;
+        if (log)
+            for (int64_t j = 0; j < w; j++) dxk[j] = dyk[j] - dr_vexpf(yk[j]) * s[j];
+        else
+            for (int64_t j = 0; j < w; j++) dxk[j] = yk[j] * (dyk[j] - s[j]);
+    }
+}
+
+/* ---- entry points ------------------------------------------------------------------- */
+
+/* Forward: o = y, a = x, c unused. Backward: o = dx, a = dy, c = y. */
+static void run(float *o, const float *a, const float *c, geom g, int log, int back) {
+    int64_t total = g.outer * g.n * g.inner;
+    if (total == 0) return;
+    if (g.inner == 1) {
+#pragma omp parallel for schedule(static) if (total > DR_CPU_PARALLEL_MIN)
+        for (int64_t r = 0; r < g.outer; r++) {
+            int64_t off = r * g.n;
+            if (back) row_backward(o + off, a + off, c + off, g.n, log);
+            else row_forward(o + off, a + off, g.n, log);
+        }
+        return;
+    }
+    int64_t tiles = (g.inner + TILE - 1) / TILE, tasks = g.outer * tiles;
+#pragma omp parallel for schedule(static) if (total > DR_CPU_PARALLEL_MIN)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t r = t / tiles, j0 = (t % tiles) * TILE;
+        int64_t w = g.inner - j0 < TILE ? g.inner - j0 : TILE;
+        int64_t off = r * g.n * g.inner + j0;
+        if (back) tile_backward(o + off, a + off, c + off, g.n, g.inner, w, log);
+        else tile_forward(o + off, a + off, g.n, g.inner, w, log);
+    }
+}
+
+dr_status dr_cpu_softmax(dr_tensor *out, const dr_tensor *in, int32_t dim, int log) {
+    run((float *)dr_tensor_data(out), dr_tensor_data(in), NULL, geometry(in, dim), log, 0);
+    return DR_OK;
+}
+
+dr_status dr_cpu_softmax_backward(dr_tensor *grad_in, const dr_tensor *grad_out,
+                                  const dr_tensor *y, int32_t dim, int log) {
+    run((float *)dr_tensor_data(grad_in), dr_tensor_data(grad_out), dr_tensor_data(y),
+        geometry(y, dim), log, 1);
+    return DR_OK;
+}

@@ -1,0 +1,193 @@
+/* Elementwise unary math on float32, forward and backward (see core/ops/unary.c
+ * for the formulas and which of x or y each backward reads).
+ *
+ * Contiguous operands run in fixed chunks of CHUNK elements, one loop per op the
+ * compiler vectorises (cpu_vecmath.h's exp, tanh and erfc; log and pow stay libm
+ * calls). Strided operands are gathered a chunk at a time into stack buffers, so
+ * the same chunk loops serve every layout. */
+#include <math.h>
+
+#include "cpu_internal.h"
+#include "cpu_vecmath.h"
+
+enum { CHUNK = 1024 };
+
+static const float SQRT_HALF = 0.70710678118654752f;
+static const float INV_SQRT_2PI = 0.39894228040143268f;
+static const float GELU_BETA = 0.79788456080286536f; /* sqrt(2/pi) */
+static const float GELU_KAPPA = 0.044715f;
+static const float QUICK_GELU_ALPHA = 1.702f;
+
+static inline float vsigmoid(float x) { return 1.0f / (1.0f + dr_vexpf(-x)); }
+
+/* gelu's tanh argument; x/2 (1 + tanh u) is computed as x sigmoid(2u), which
+ * does not cancel for negative x. Likewise 1 + erf(z) as erfc(-z). */
+static inline float gelu_u(float x) { return GELU_BETA * (x + GELU_KAPPA * x * x * x); }
+
+/* min(max(x, lo), hi): NaN fails both compares and passes through; lo > hi
+ * gives hi, as torch.clamp. */
+static inline float clampf(float x, float lo, float hi) {
+    float t = x < lo ? lo : x;
+    return t > hi ? hi : t;
+}
+
+#define MAP(EXPR)                                                                      \
+    do {                                                                               \
+        for (int64_t i = 0; i < n; i++) {                                              \
+            float x = in[i];                                                           \
+            (void)x;                                                                   \
+            o[i] = (EXPR);                                                             \
+        }                                                                              \
+    } while (0)
+
+/* x^e with torch's exact special cases (pow_tensor_scalar_optimized_kernel). */
+static void pow_chunk(float *restrict o, const float *restrict in, int64_t n, float e) {
+    if (e == 0.0f) MAP(1.0f);
+    else if (e == 1.0f) MAP(x);
+    else if (e == 2.0f) MAP(x * x);
+    else if (e == 3.0f) MAP(x * x * x);
+    else if (e == 0.5f) MAP(sqrtf(x));
+    else if (e == -0.5f) MAP(1.0f / sqrtf(x));
+    else if (e == -1.0f) MAP(1.0f / x);
+    else if (e == -2.0f) MAP(1.0f / (x * x));
+    else MAP(powf(x, e));
+}
+
+DR_CPU_CLONES
+static void forward_chunk(dr_unary_op op, float *restrict o, const float *restrict in, int64_t n,
+                          float p0, float p1) {
+    switch (op) {
+    case DR_UNARY_SILU: MAP(x / (1.0f + dr_vexpf(-x))); break;
+    case DR_UNARY_GELU: MAP(0.5f * x * dr_verfcf(-x * SQRT_HALF)); break;
+    case DR_UNARY_GELU_TANH: MAP(x * vsigmoid(2.0f * gelu_u(x))); break;
+    case DR_UNARY_QUICK_GELU: MAP(x / (1.0f + dr_vexpf(-QUICK_GELU_ALPHA * x))); break;
+    case DR_UNARY_RELU: MAP(x < 0.0f ? 0.0f : x); break;
+    case DR_UNARY_SIGMOID: MAP(vsigmoid(x)); break;
+    case DR_UNARY_TANH: MAP(dr_vtanhf(x)); break;
+    case DR_UNARY_EXP: MAP(dr_vexpf(x)); break;
+    case DR_UNARY_LOG: MAP(logf(x)); break;
+    case DR_UNARY_SQRT: MAP(sqrtf(x)); break;
+    case DR_UNARY_RSQRT: MAP(1.0f / sqrtf(x)); break;
+    case DR_UNARY_ABS: MAP(fabsf(x)); break;
+    case DR_UNARY_NEG: MAP(-x); break;
+    case DR_UNARY_POW: pow_chunk(o, in, n, p0); break;
+    case DR_UNARY_CLAMP: MAP(clampf(x, p0, p1)); break;
+    default: break;
+    }
+}
+
+/* g: grad_out, s: the saved x or y. */
+#define MAP2(EXPR)                                                                     \
+    do {                                                                               \
+        for (int64_t i = 0; i < n; i++) {                                              \
+            float g = go[i], s = sv[i];                                                \
+            (void)s;                                                                   \
+            o[i] = (EXPR);                                                             \
+        }                                                                              \
+    } while (0)
+
+/* With q = sigmoid(2u): (1 + tanh u)/2 = q and 1 - tanh^2 u = 4 q (1 - q). */
+static inline float gelu_tanh_grad(float s) {
+    float q = vsigmoid(2.0f * gelu_u(s));
+    return q + 2.0f * s * q * (1.0f - q) * GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * s * s);
+}
+
+static inline float silu_grad(float s, float a) { /* d/ds s*sigmoid(a s) */
+    float sg = vsigmoid(a * s);
+    return sg + a * s * sg * (1.0f - sg);
+}
+
+DR_CPU_CLONES
+static void backward_chunk(dr_unary_op op, float *restrict o, const float *restrict go,
+                           const float *restrict sv, int64_t n, float p0, float p1) {
+    switch (op) {
+    case DR_UNARY_SILU: MAP2(g * silu_grad(s, 1.0f)); break;
+    case DR_UNARY_GELU:
+        MAP2(g * (0.5f * dr_verfcf(-s * SQRT_HALF) + s * INV_SQRT_2PI * dr_vexpf(-0.5f * s * s)));
+        break;
+    case DR_UNARY_GELU_TANH: MAP2(g * gelu_tanh_grad(s)); break;
+    case DR_UNARY_QUICK_GELU: MAP2(g * silu_grad(s, QUICK_GELU_ALPHA)); break;
+    case DR_UNARY_RELU: MAP2(s > 0.0f ? g : 0.0f); break;
+    case DR_UNARY_SIGMOID: MAP2(g * s * (1.0f - s)); break;
+    case DR_UNARY_TANH: MAP2(g * (1.0f - s * s)); break;
+    case DR_UNARY_EXP: MAP2(g * s); break;
+    case DR_UNARY_LOG: MAP2(g / s); break;
+    case DR_UNARY_SQRT: MAP2(g / (2.0f * s)); break;
+    case DR_UNARY_RSQRT: MAP2(-0.5f * g * s * s * s); break;
+    case DR_UNARY_ABS: MAP2(s > 0.0f ? g : s < 0.0f ? -g : 0.0f); break;
+    case DR_UNARY_NEG: MAP2(-g); break;
+    case DR_UNARY_POW: /* e x^(e-1), and 0 for e = 0 (torch's pow_backward) */
+        if (p0 == 0.0f) {
+            for (int64_t i = 0; i < n; i++) o[i] = 0.0f;
+        } else {
+            pow_chunk(o, sv, n, p0 - 1.0f);
+            for (int64_t i = 0; i < n; i++) o[i] = go[i] * p0 * o[i];
+        }
+        break;
+    case DR_UNARY_CLAMP: MAP2(s >= p0 && s <= p1 ? g : 0.0f); break;
+    default: break;
+    }
+}
+
+/* Elements [j, j+len) of a strided row: the row itself when its stride is 1, else
+ * a copy in buf. */
+static inline const float *gather(const float *base, int64_t off, int64_t stride, int64_t j,
+                                  int64_t len, float *buf) {
+    if (stride == 1) return base + off + j;
+    for (int64_t i = 0; i < len; i++) buf[i] = base[off + (j + i) * stride];
+    return buf;
+}
+
+/* Runs forward (nops 2: out, in) or backward (nops 3: out, grad_out, saved). */
+static void run(dr_unary_op op, int32_t nops, const dr_tensor *const *ts, float p0, float p1) {
+    dr_iter it;
+    dr_iter_init(&it, nops, ts);
+    float *o = (float *)dr_cpu_base(ts[0]);
+    const float *a = (const float *)dr_cpu_base(ts[1]);
+    const float *b = nops > 2 ? (const float *)dr_cpu_base(ts[2]) : NULL;
+    int32_t last = it.ndim - 1;
+    int64_t so = it.strides[0][last], sa = it.strides[1][last];
+    int64_t sb = nops > 2 ? it.strides[2][last] : 1;
+    int64_t total = it.rows * it.inner;
+
+    if (it.ndim == 1 && so == 1 && sa == 1 && sb == 1) {
+        int64_t nchunks = (total + CHUNK - 1) / CHUNK;
+#pragma omp parallel for schedule(static) if (total > DR_CPU_PARALLEL_MIN)
+        for (int64_t c = 0; c < nchunks; c++) {
+            int64_t j = c * CHUNK, len = total - j < CHUNK ? total - j : CHUNK;
+            float *po = o + it.base[0] + j;
+            if (nops == 2) forward_chunk(op, po, a + it.base[1] + j, len, p0, p1);
+            else backward_chunk(op, po, a + it.base[1] + j, b + it.base[2] + j, len, p0, p1);
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) if (total > DR_CPU_PARALLEL_MIN)
+    for (int64_t r = 0; r < it.rows; r++) {
+        float bufa[CHUNK], bufb[CHUNK], bufo[CHUNK];
+        int64_t off[3];
+        dr_iter_row(&it, r, off);
+        for (int64_t j = 0; j < it.inner; j += CHUNK) {
+            int64_t len = it.inner - j < CHUNK ? it.inner - j : CHUNK;
+            const float *pa = gather(a, off[1], sa, j, len, bufa);
+            float *po = so == 1 ? o + off[0] + j : bufo;
+            if (nops == 2) forward_chunk(op, po, pa, len, p0, p1);
+            else backward_chunk(op, po, pa, gather(b, off[2], sb, j, len, bufb), len, p0, p1);
+            if (so != 1)
+                for (int64_t i = 0; i < len; i++) o[off[0] + (j + i) * so] = bufo[i];
+        }
+    }
+}
+
+dr_status dr_cpu_unary(dr_unary_op op, dr_tensor *out, const dr_tensor *in, double p0,
+                       double p1) {
+    const dr_tensor *ts[2] = {out, in};
+    run(op, 2, ts, (float)p0, (float)p1);
+    return DR_OK;
+}
+
+dr_status dr_cpu_unary_backward(dr_unary_op op, dr_tensor *grad_in, const dr_tensor *grad_out,
+                                const dr_tensor *saved, double p0, double p1) {
+    const dr_tensor *ts[3] = {grad_in, grad_out, saved};
+    run(op, 3, ts, (float)p0, (float)p1);
+    return DR_OK;
+}

@@ -1,0 +1,98 @@
+/* Float math written so the compiler vectorises the loops that use it (glibc's
+ * expf is one call per element), and DR_CPU_CLONES, which compiles a hot loop a
+ * second time for x86-64-v3 (AVX2 + FMA), picked at load time by the CPU it
+ * runs on.
+ *
+ * Including this header compiles the rest of the file without -ftrapping-math:
+ * a select on a float compare (x < lo ? lo : x) may then become a vector blend.
+ * Results are unchanged; only the FP exception flags, which nothing reads, may
+ * differ. Otherwise GCC keeps such loops scalar. (errno cannot be switched off
+ * this way, so loops over sqrtf/logf stay scalar.)
+ *
+ * dr_vexpf: Cephes' expf (x = k ln2 + r with ln2 split in two, a degree-6
+ * polynomial in r), within 1.4 ulp of exp over the normal range; inf above
+ * 88.72, subnormals correctly scaled below -87.3 and 0 below -103.9, NaN kept.
+ * 2^k is applied as two halves so k down to -150 needs no branch; no integer
+ * step can overflow, so a NaN lane's garbage exponent is harmless.
+ * dr_vtanhf: Cephes' tanhf, an odd polynomial below |x| = 0.625 and
+ * 1 - 2/(exp(2|x|) + 1) above, both computed and one picked (no branch).
+ * dr_verfcf: erfc by Numerical Recipes' erfcc (Chebyshev fit in t = 1/(1 + |z|/2)
+ * inside one exp, relative error < 1.2e-7 for z >= 0; 2 - erfc(-z) below 0).
+ * In float, relative error < 1e-6 for |z| < 2, < 2e-6 for |z| < 3, then growing
+ * with the rounding of z^2 (4e-6 at z = 4). No 1 + erf cancellation: the normal CDF
+ * 0.5 erfc(-x/sqrt 2) keeps its relative accuracy in the left tail. */
+#ifndef DR_CPU_VECMATH_H
+#define DR_CPU_VECMATH_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && \
+    defined(__linux__)
+#define DR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DR_CPU_CLONES
+#endif
+
+static inline float dr_vexpf(float x) {
+    x = x < -104.0f ? -104.0f : x; /* comparisons are false for NaN: it passes */
+    x = x > 89.0f ? 89.0f : x;
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float t = x * 1.44269504088896341f + shifter;
+    float kf = t - shifter;
+    uint32_t tb;
+    memcpy(&tb, &t, 4);
+    int32_t k = (int32_t)(tb - 0x4B400000u); /* the integer in t's low mantissa bits */
+    float r = x - kf * 0.693359375f;
+    r = r - kf * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t k1 = k >> 1, k2 = k - k1; /* arithmetic shift (GCC): floor(k / 2) */
+    uint32_t b1 = ((uint32_t)k1 + 127u) << 23, b2 = ((uint32_t)k2 + 127u) << 23;
+    float s1, s2;
+    memcpy(&s1, &b1, 4);
+    memcpy(&s2, &b2, 4);
+    return p * s1 * s2;
+}
+
+static inline float dr_vtanhf(float x) {
+    float a = x < 0.0f ? -x : x;
+    float e = dr_vexpf(a + a);
+    float big = 1.0f - 2.0f / (e + 1.0f);
+    big = x < 0.0f ? -big : big;
+    float z = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    float small = p * z * x + x;
+    return a < 0.625f ? small : big;
+}
+
+static inline float dr_verfcf(float z) {
+    float a = z < 0.0f ? -z : z;
+    float t = 1.0f / (1.0f + 0.5f * a);
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    float r = t * dr_vexpf(p * t - 1.26551223f - a * a);
+    return z < 0.0f ? 2.0f - r : r;
+}
+
+#endif

@@ -1,0 +1,741 @@
+/* softmax / log_softmax, layer_norm and group_norm: forward against naive double
+ * loops (every dim, negative dims, non-contiguous inputs, with and without the
+ * affine parameters), extreme inputs (huge logits, -inf, constant rows, a large
+ * mean), float16/bfloat16, finite-difference checks of every backward on odd
+ * shapes, parameter gradients independent of the thread count, and errors that
+ * name the op and the shapes. */
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+#include "check.h"
+#include "gradcheck.h"
+
+#define LEN(a) ((int32_t)(sizeof(a) / sizeof((a)[0])))
+
+static const dr_device CPU = {DR_CPU, 0};
+
+static int64_t count(const int64_t *s, int32_t nd) {
+    int64_t n = 1;
+    for (int32_t i = 0; i < nd; i++) n *= s[i];
+    return n;
+}
+
+/* Smooth deterministic values a*sin(...) + offset. */
+static dr_tensor *smooth(const int64_t *s, int32_t nd, int32_t dtype, double a, double offset,
+                         int salt) {
+    int64_t n = count(s, nd);
+    double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+    for (int64_t i = 0; i < n; i++) v[i] = offset + a * sin(0.71 * (double)i + 0.37 * salt);
+    dr_tensor *t = NULL;
+    CHECK_OK(dr_tensor_from_f64(v, s, nd, dtype, CPU, &t));
+    free(v);
+    return t;
+}
+
+static double *values(const dr_tensor *t) {
+    int64_t n = dr_tensor_numel(t);
+    double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+    CHECK_OK(dr_tensor_to_f64(t, v, n));
+    return v;
+}
+
+/* Number of elements of t farther than rel*|want| + abs from want[] (NaN == NaN). */
+static int64_t mismatches(const dr_tensor *t, const double *want, double rel, double abs_tol) {
+    int64_t n = dr_tensor_numel(t), bad = 0;
+    double *got = values(t);
+    for (int64_t i = 0; i < n; i++) {
+        bool ok = isnan(want[i]) ? isnan(got[i])
+                                 : fabs(got[i] - want[i]) <= rel * fabs(want[i]) + abs_tol;
+        if (!ok && bad++ < 3)
+            fprintf(stderr, "    element %lld: got %.9g, expected %.9g\n", (long long)i, got[i],
+                    want[i]);
+    }
+    free(got);
+    return bad;
+}
+
+/* A non-contiguous tensor equal to t: stored with its last two dims swapped. */
+static dr_tensor *strided_copy(const dr_tensor *t) {
+    dr_tensor *a = NULL, *b = NULL, *c = NULL;
+    int32_t nd = t->ndim;
+    CHECK_OK(dr_tensor_transpose(t, nd - 2, nd - 1, &a));
+    CHECK_OK(dr_tensor_contiguous(a, &b));
+    CHECK_OK(dr_tensor_transpose(b, nd - 2, nd - 1, &c));
+    CHECK(!dr_tensor_is_contiguous(c));
+    dr_tensor_release(a);
+    dr_tensor_release(b);
+    return c;
+}
+
+static bool bitwise_equal(const dr_tensor *a, const dr_tensor *b) {
+    int64_t n = dr_tensor_numel(a);
+    double *va = values(a), *vb = values(b);
+    bool same = n == dr_tensor_numel(b);
+    for (int64_t i = 0; same && i < n; i++) same = va[i] == vb[i];
+    free(va);
+    free(vb);
+    return same;
+}
+
+/* ---- softmax ------------------------------------------------------------------------ */
+
+/* y over dim d of a contiguous [outer, n, inner] view, in double. */
+static void ref_softmax(const double *x, double *y, const int64_t *s, int32_t nd, int32_t d,
+                        int take_log) {
+    int64_t outer = count(s, d), n = s[d], inner = count(s + d + 1, nd - d - 1);
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t j = 0; j < inner; j++) {
+            const double *xr = x + o * n * inner + j;
+            double *yr = y + o * n * inner + j;
+            double m = -INFINITY, sum = 0;
+            for (int64_t k = 0; k < n; k++) m = fmax(m, xr[k * inner]);
+            for (int64_t k = 0; k < n; k++) sum += exp(xr[k * inner] - m);
+            for (int64_t k = 0; k < n; k++)
+                yr[k * inner] = take_log ? xr[k * inner] - m - log(sum)
+                                         : exp(xr[k * inner] - m) / sum;
+        }
+}
+
+static void test_softmax_forward(void) {
+    int64_t s[3] = {3, 4, 5};
+    dr_tensor *x = smooth(s, 3, DR_F32, 4, 0, 1), *xs = strided_copy(x);
+    double *xv = values(x), *want = malloc(60 * sizeof *want);
+    for (int log = 0; log < 2; log++)
+        for (int32_t d = 0; d < 3; d++) {
+            ref_softmax(xv, want, s, 3, d, log);
+            for (int variant = 0; variant < 3; variant++) {
+                /* dim as given, negative, and on the non-contiguous copy */
+                const dr_tensor *in = variant == 2 ? xs : x;
+                int32_t dim = variant == 1 ? d - 3 : d;
+                dr_tensor *y = NULL;
+                if (!CHECK_OK(log ? dr_log_softmax(in, dim, &y) : dr_softmax(in, dim, &y))) continue;
+                if (!CHECK_EQ_INT(mismatches(y, want, 1e-5, 1e-7), 0))
+                    fprintf(stderr, "    log %d dim %d variant %d\n", log, d, variant);
+                dr_tensor_release(y);
+            }
+        }
+    free(xv);
+    free(want);
+    dr_tensor_release(x);
+    dr_tensor_release(xs);
+}
+
+/* Huge logits stay finite; -inf entries get probability 0; an all -inf row is
+ * NaN (torch); a 0-d tensor is a row of one. */
+static void test_softmax_extremes(void) {
+    double xv[12] = {1000, 1001, 1002, -1000, -INFINITY, -INFINITY, 0, 1,
+                     -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t s[2] = {3, 4};
+    dr_tensor *x = NULL, *y = NULL, *ly = NULL;
+    CHECK_OK(dr_tensor_from_f64(xv, s, 2, DR_F32, CPU, &x));
+    double e = exp(1), z = 1 + e + e * e;
+    double want[12] = {1 / z, e / z, e * e / z, 0, 0, 0, 1 / e / (1 + 1 / e), 1 / (1 + 1 / e),
+                       NAN, NAN, NAN, NAN};
+    double want_log[12] = {log(1 / z), log(e / z), log(e * e / z), -2000 - log(z), -INFINITY,
+                           -INFINITY, -1 - log(1 + 1 / e), -log(1 + 1 / e), NAN, NAN, NAN, NAN};
+    if (CHECK_OK(dr_softmax(x, 1, &y))) {
+        double *v = values(y);
+        CHECK_EQ_INT(mismatches(y, want, 1e-6, 1e-7), 0);
+        CHECK(isfinite(v[0]) && isfinite(v[2]));
+        free(v);
+    }
+    if (CHECK_OK(dr_log_softmax(x, -1, &ly))) {
+        double *v = values(ly);
+        for (int i = 0; i < 8; i++)
+            CHECK(isinf(want_log[i]) ? v[i] == want_log[i]
+                                     : fabs(v[i] - want_log[i]) <= 1e-5 * fabs(want_log[i]) + 1e-6);
+        for (int i = 8; i < 12; i++) CHECK(isnan(v[i]));
+        free(v);
+    }
+    dr_tensor_release(x);
+    dr_tensor_release(y);
+    dr_tensor_release(ly);
+    dr_tensor *s0 = NULL, *y0 = NULL;
+    double v;
+    CHECK_OK(dr_tensor_full(NULL, 0, DR_F32, CPU, 7, &s0));
+    if (CHECK_OK(dr_softmax(s0, -1, &y0))) {
+        CHECK_EQ_INT(y0->ndim, 0);
+        CHECK_OK(dr_tensor_item(y0, &v));
+        CHECK_NEAR(v, 1, 0);
+    }
+    dr_tensor_release(y0);
+    if (CHECK_OK(dr_log_softmax(s0, 0, &y0)) && CHECK_OK(dr_tensor_item(y0, &v))) CHECK_NEAR(v, 0, 0);
+    dr_tensor_release(y0);
+    dr_tensor_release(s0);
+}
+
+static void test_softmax_half(void) {
+    int64_t s[2] = {6, 77};
+    int32_t dts[2] = {DR_F16, DR_BF16};
+    for (int k = 0; k < 2; k++) {
+        dr_tensor *x = smooth(s, 2, dts[k], 5, 0, 2), *y = NULL;
+        double *xv = values(x), *want = malloc(6 * 77 * sizeof *want);
+        for (int log = 0; log < 2; log++) {
+            ref_softmax(xv, want, s, 2, 1, log);
+            if (CHECK_OK(log ? dr_log_softmax(x, 1, &y) : dr_softmax(x, 1, &y))) {
+                CHECK_EQ_INT(y->scalar_type, dts[k]);
+                CHECK_EQ_INT(mismatches(y, want, k ? 1e-2 : 2e-3, 1e-4), 0);
+            }
+            dr_tensor_release(y);
+        }
+        free(xv);
+        free(want);
+        dr_tensor_release(x);
+    }
+}
+
+/* Large tensors run in parallel; results match one thread bit for bit. */
+static void test_softmax_threads(void) {
+    int64_t s1[2] = {700, 77}, s2[3] = {40, 30, 41};
+    const int64_t *shapes[2] = {s1, s2};
+    int32_t nds[2] = {2, 3}, dims[2] = {1, 1};
+    int keep = dr_get_num_threads();
+    for (int k = 0; k < 2; k++) {
+        dr_tensor *x = smooth(shapes[k], nds[k], DR_F32, 6, 0, 3), *g = smooth(shapes[k], nds[k], DR_F32, 1, 0, 4);
+        dr_tensor *y[2] = {NULL, NULL}, *dx[2] = {NULL, NULL};
+        for (int t = 0; t < 2; t++) {
+            dr_set_num_threads(t ? 3 : 1);
+            CHECK_OK(dr_log_softmax(x, dims[k], &y[t]));
+            CHECK_OK(dr_log_softmax_backward(g, y[t], dims[k], &dx[t]));
+        }
+        CHECK(bitwise_equal(y[0], y[1]));
+        CHECK(bitwise_equal(dx[0], dx[1]));
+        double *xv = values(x), *want = malloc((size_t)dr_tensor_numel(x) * sizeof *want);
+        ref_softmax(xv, want, shapes[k], nds[k], dims[k], 1);
+        CHECK_EQ_INT(mismatches(y[1], want, 1e-5, 1e-6), 0);
+        free(xv);
+        free(want);
+        for (int t = 0; t < 2; t++) {
+            dr_tensor_release(y[t]);
+            dr_tensor_release(dx[t]);
+        }
+        dr_tensor_release(x);
+        dr_tensor_release(g);
+    }
+    dr_set_num_threads(keep);
+}
+
+typedef struct sm_ctx {
+    int32_t dim;
+    int log;
+} sm_ctx;
+
+/* The op sees the transpose of the stored input (non-contiguous). */
+static dr_status sm_forward(dr_tensor **in, const void *ctx, dr_tensor **out) {
+    const sm_ctx *c = ctx;
+    dr_tensor *v = NULL;
+    dr_status st = dr_tensor_transpose(in[0], 1, 2, &v);
+    if (st == DR_OK) st = c->log ? dr_log_softmax(v, c->dim, out) : dr_softmax(v, c->dim, out);
+    dr_tensor_release(v);
+    return st;
+}
+
+static dr_status sm_backward(const dr_tensor *grad_out, dr_tensor **in, const void *ctx,
+                             dr_tensor **grads) {
+    const sm_ctx *c = ctx;
+    dr_tensor *y = NULL, *ys = NULL, *gx = NULL;
+    dr_status st = sm_forward(in, ctx, &y);
+    if (st == DR_OK) {
+        ys = strided_copy(y); /* the backward also reads strided outputs */
+        st = c->log ? dr_log_softmax_backward(grad_out, ys, c->dim, &gx)
+                    : dr_softmax_backward(grad_out, ys, c->dim, &gx);
+    }
+    if (st == DR_OK) st = dr_tensor_transpose(gx, 1, 2, &grads[0]);
+    dr_tensor_release(y);
+    dr_tensor_release(ys);
+    dr_tensor_release(gx);
+    return st;
+}
+
+static void test_softmax_gradcheck(void) {
+    int64_t s[3] = {3, 5, 4}; /* the op sees [3, 4, 5] */
+    for (int log = 0; log < 2; log++)
+        for (int32_t dim = 0; dim < 3; dim++) {
+            sm_ctx c = {dim == 2 ? -1 : dim, log};
+            dr_tensor *x = smooth(s, 3, DR_F32, 2, 0, dim);
+            gradcheck(log ? "log_softmax" : "softmax", sm_forward, sm_backward, &c, &x, 1, 1e-2,
+                      2e-3, 2e-3);
+            dr_tensor_release(x);
+        }
+}
+
+/* ---- layer_norm ------------------------------------------------------------------------ */
+
+/* Reference over [rows, cols]; w, b may be NULL. */
+static void ref_layer_norm(const double *x, const double *w, const double *b, int64_t rows,
+                           int64_t cols, double eps, double *y, double *mean, double *rstd) {
+    for (int64_t r = 0; r < rows; r++) {
+        const double *xr = x + r * cols;
+        double m = 0, v = 0;
+        for (int64_t j = 0; j < cols; j++) m += xr[j];
+        m /= (double)cols;
+        for (int64_t j = 0; j < cols; j++) v += (xr[j] - m) * (xr[j] - m);
+        double rs = 1 / sqrt(v / (double)cols + eps);
+        mean[r] = m;
+        rstd[r] = rs;
+        for (int64_t j = 0; j < cols; j++)
+            y[r * cols + j] = (xr[j] - m) * rs * (w ? w[j] : 1) + (b ? b[j] : 0);
+    }
+}
+
+static void test_layer_norm_forward(void) {
+    int64_t s[3] = {2, 3, 5};
+    dr_tensor *x = smooth(s, 3, DR_F32, 2, 1.5, 1), *xs = strided_copy(x);
+    double *xv = values(x);
+    for (int32_t nnorm = 1; nnorm <= 2; nnorm++) {
+        const int64_t *shape = s + 3 - nnorm;
+        int64_t cols = count(shape, nnorm), rows = 30 / cols;
+        dr_tensor *w = smooth(shape, nnorm, DR_F32, 1, 0.5, 2), *b = smooth(shape, nnorm, DR_F32, 1, 0, 3);
+        double *wv = values(w), *bv = values(b), y[30], m[30], r[30];
+        for (int affine = 0; affine < 4; affine++) {
+            bool hw = affine & 1, hb = affine & 2;
+            ref_layer_norm(xv, hw ? wv : NULL, hb ? bv : NULL, rows, cols, 1e-5, y, m, r);
+            for (int strided = 0; strided < 2; strided++) {
+                dr_tensor *out = NULL, *mean = NULL, *rstd = NULL;
+                if (!CHECK_OK(dr_layer_norm(strided ? xs : x, shape, nnorm, hw ? w : NULL,
+                                            hb ? b : NULL, 1e-5, &out, &mean, &rstd)))
+                    continue;
+                CHECK_EQ_INT(mismatches(out, y, 1e-5, 1e-6), 0);
+                CHECK_EQ_INT(mismatches(mean, m, 1e-6, 1e-7), 0);
+                CHECK_EQ_INT(mismatches(rstd, r, 1e-5, 0), 0);
+                CHECK_EQ_INT(mean->ndim, 3);
+                CHECK_EQ_INT(mean->sizes[0], 2);
+                CHECK_EQ_INT(mean->sizes[1], nnorm == 1 ? 3 : 1);
+                CHECK_EQ_INT(mean->sizes[2], 1);
+                CHECK_EQ_INT(rstd->scalar_type, DR_F32);
+                dr_tensor_release(out);
+                dr_tensor_release(mean);
+                dr_tensor_release(rstd);
+            }
+        }
+        /* mean and rstd are optional */
+        dr_tensor *out = NULL;
+        CHECK_OK(dr_layer_norm(x, shape, nnorm, NULL, NULL, 1e-5, &out, NULL, NULL));
+        dr_tensor_release(out);
+        free(wv);
+        free(bv);
+        dr_tensor_release(w);
+        dr_tensor_release(b);
+    }
+    free(xv);
+    dr_tensor_release(x);
+    dr_tensor_release(xs);
+}
+
+/* Constant rows give bias; a mean of 1e4 with unit spread keeps its variance. */
+static void test_layer_norm_extremes(void) {
+    int64_t s[2] = {2, 1000}, c = 1000;
+    dr_tensor *x = smooth(s, 2, DR_F32, 1, 1e4, 5), *out = NULL, *mean = NULL, *rstd = NULL;
+    double *xv = values(x), *y = malloc(2000 * sizeof *y), m[2], r[2];
+    ref_layer_norm(xv, NULL, NULL, 2, 1000, 1e-5, y, m, r);
+    if (CHECK_OK(dr_layer_norm(x, &c, 1, NULL, NULL, 1e-5, &out, &mean, &rstd))) {
+        CHECK_EQ_INT(mismatches(out, y, 0, 2e-3), 0);
+        CHECK_EQ_INT(mismatches(rstd, r, 1e-3, 0), 0);
+    }
+    dr_tensor_release(out);
+    dr_tensor_release(mean);
+    dr_tensor_release(rstd);
+    dr_tensor *k = NULL, *b = NULL;
+    CHECK_OK(dr_tensor_full(s, 2, DR_F32, CPU, 3.25, &k));
+    CHECK_OK(dr_tensor_full(&c, 1, DR_F32, CPU, 0.5, &b));
+    if (CHECK_OK(dr_layer_norm(k, &c, 1, NULL, b, 1e-5, &out, NULL, NULL))) {
+        double *v = values(out);
+        int bad = 0;
+        for (int i = 0; i < 2000; i++) bad += v[i] != 0.5;
+        CHECK_EQ_INT(bad, 0);
+        free(v);
+    }
+    dr_tensor_release(out);
+    dr_tensor_release(k);
+    dr_tensor_release(b);
+    free(xv);
+    free(y);
+    dr_tensor_release(x);
+}
+
+static void test_layer_norm_half(void) {
+    int64_t s[2] = {4, 33}, c = 33;
+    int32_t dts[2] = {DR_F16, DR_BF16};
+    for (int k = 0; k < 2; k++) {
+        dr_tensor *x = smooth(s, 2, dts[k], 2, 1, 6), *w = smooth(&c, 1, dts[k], 1, 1, 7);
+        dr_tensor *out = NULL, *mean = NULL;
+        double *xv = values(x), *wv = values(w), y[132], m[4], r[4];
+        ref_layer_norm(xv, wv, NULL, 4, 33, 1e-5, y, m, r);
+        if (CHECK_OK(dr_layer_norm(x, &c, 1, w, NULL, 1e-5, &out, &mean, NULL))) {
+            CHECK_EQ_INT(out->scalar_type, dts[k]);
+            CHECK_EQ_INT(mean->scalar_type, DR_F32);
+            CHECK_EQ_INT(mismatches(out, y, k ? 1e-2 : 2e-3, 1e-2), 0);
+        }
+        dr_tensor_release(out);
+        dr_tensor_release(mean);
+        free(xv);
+        free(wv);
+        dr_tensor_release(x);
+        dr_tensor_release(w);
+    }
+}
+
+typedef struct ln_ctx {
+    int64_t shape[2];
+    int32_t nnorm;
+    bool weight, bias;
+} ln_ctx;
+
+/* inputs: x stored [.., last, second-to-last] (the op sees a transpose), w, b. */
+static dr_status ln_forward(dr_tensor **in, const void *ctx, dr_tensor **out) {
+    const ln_ctx *c = ctx;
+    dr_tensor *v = NULL;
+    dr_status st = dr_tensor_transpose(in[0], -1, -2, &v);
+    if (st == DR_OK)
+        st = dr_layer_norm(v, c->shape, c->nnorm, c->weight ? in[1] : NULL,
+                           c->bias ? in[2] : NULL, 1e-5, out, NULL, NULL);
+    dr_tensor_release(v);
+    return st;
+}
+
+static dr_status ln_backward(const dr_tensor *grad_out, dr_tensor **in, const void *ctx,
+                             dr_tensor **grads) {
+    const ln_ctx *c = ctx;
+    dr_tensor *v = NULL, *y = NULL, *mean = NULL, *rstd = NULL, *gx = NULL;
+    dr_status st = dr_tensor_transpose(in[0], -1, -2, &v);
+    if (st == DR_OK)
+        st = dr_layer_norm(v, c->shape, c->nnorm, c->weight ? in[1] : NULL,
+                           c->bias ? in[2] : NULL, 1e-5, &y, &mean, &rstd);
+    if (st == DR_OK)
+        st = dr_layer_norm_backward(grad_out, v, c->shape, c->nnorm, mean, rstd,
+                                    c->weight ? in[1] : NULL, &gx, c->weight ? &grads[1] : NULL,
+                                    c->bias ? &grads[2] : NULL);
+    if (st == DR_OK) st = dr_tensor_transpose(gx, -1, -2, &grads[0]);
+    dr_tensor_release(v);
+    dr_tensor_release(y);
+    dr_tensor_release(mean);
+    dr_tensor_release(rstd);
+    dr_tensor_release(gx);
+    return st;
+}
+
+static void test_layer_norm_gradcheck(void) {
+    int64_t s[3] = {2, 5, 3}; /* the op sees [2, 3, 5] */
+    int64_t seen[3] = {2, 3, 5};
+    for (int32_t nnorm = 1; nnorm <= 2; nnorm++)
+        for (int affine = 0; affine < 4; affine++) {
+            ln_ctx c = {{0, 0}, nnorm, affine & 1, affine & 2};
+            for (int32_t i = 0; i < nnorm; i++) c.shape[i] = seen[3 - nnorm + i];
+            dr_tensor *in[3] = {smooth(s, 3, DR_F32, 2, 0.5, nnorm),
+                                smooth(c.shape, nnorm, DR_F32, 1, 0.3, 8),
+                                smooth(c.shape, nnorm, DR_F32, 1, 0, 9)};
+            gradcheck("layer_norm", ln_forward, ln_backward, &c, in, 3, 1e-2, 3e-3, 3e-3);
+            for (int i = 0; i < 3; i++) dr_tensor_release(in[i]);
+        }
+}
+
+/* grad_weight / grad_bias sum over rows in a fixed order: same bits on 1 and 3
+ * threads; each gradient can be asked for alone. */
+static void test_layer_norm_threads(void) {
+    int64_t s[2] = {700, 64}, c = 64;
+    dr_tensor *x = smooth(s, 2, DR_F32, 2, 0, 10), *g = smooth(s, 2, DR_F32, 1, 0, 11);
+    dr_tensor *w = smooth(&c, 1, DR_F32, 1, 1, 12), *y = NULL, *mean = NULL, *rstd = NULL;
+    CHECK_OK(dr_layer_norm(x, &c, 1, w, NULL, 1e-5, &y, &mean, &rstd));
+    dr_tensor *gx[2] = {NULL, NULL}, *gw[2] = {NULL, NULL}, *gb[2] = {NULL, NULL};
+    int keep = dr_get_num_threads();
+    for (int t = 0; t < 2; t++) {
+        dr_set_num_threads(t ? 3 : 1);
+        CHECK_OK(dr_layer_norm_backward(g, x, &c, 1, mean, rstd, w, &gx[t], &gw[t], &gb[t]));
+    }
+    dr_set_num_threads(keep);
+    CHECK(bitwise_equal(gx[0], gx[1]));
+    CHECK(bitwise_equal(gw[0], gw[1]));
+    CHECK(bitwise_equal(gb[0], gb[1]));
+    dr_tensor *only = NULL;
+    if (CHECK_OK(dr_layer_norm_backward(g, x, &c, 1, mean, rstd, w, NULL, NULL, &only)))
+        CHECK(bitwise_equal(only, gb[0]));
+    dr_tensor_release(only);
+    CHECK_OK(dr_layer_norm_backward(g, x, &c, 1, mean, rstd, w, NULL, NULL, NULL));
+    /* grad_bias = column sums of g */
+    double *gv = values(g), *gbv = values(gb[0]);
+    for (int64_t j = 0; j < 64; j += 21) {
+        double sum = 0;
+        for (int64_t r = 0; r < 700; r++) sum += gv[r * 64 + j];
+        CHECK_NEAR(gbv[j], sum, 1e-4 * (1 + fabs(sum)));
+    }
+    free(gv);
+    free(gbv);
+    for (int t = 0; t < 2; t++) {
+        dr_tensor_release(gx[t]);
+        dr_tensor_release(gw[t]);
+        dr_tensor_release(gb[t]);
+    }
+    dr_tensor_release(x);
+    dr_tensor_release(g);
+    dr_tensor_release(w);
+    dr_tensor_release(y);
+    dr_tensor_release(mean);
+    dr_tensor_release(rstd);
+}
+
+/* ---- group_norm ------------------------------------------------------------------------ */
+
+static void ref_group_norm(const double *x, const double *w, const double *b, int64_t n,
+                           int64_t c, int64_t hw, int64_t groups, double eps, double *y,
+                           double *mean, double *rstd) {
+    int64_t per = c / groups, slab = per * hw;
+    for (int64_t t = 0; t < n * groups; t++) {
+        const double *xs = x + t * slab;
+        double m = 0, v = 0;
+        for (int64_t i = 0; i < slab; i++) m += xs[i];
+        m /= (double)slab;
+        for (int64_t i = 0; i < slab; i++) v += (xs[i] - m) * (xs[i] - m);
+        double rs = 1 / sqrt(v / (double)slab + eps);
+        mean[t] = m;
+        rstd[t] = rs;
+        for (int64_t i = 0; i < slab; i++) {
+            int64_t ch = (t % groups) * per + i / hw;
+            y[t * slab + i] = (xs[i] - m) * rs * (w ? w[ch] : 1) + (b ? b[ch] : 0);
+        }
+    }
+}
+
+static void test_group_norm_forward(void) {
+    struct { int64_t s[4]; int32_t nd; int64_t groups; } cases[] = {
+        {{2, 6, 3, 5}, 4, 3}, {{2, 6, 3, 5}, 4, 1}, {{2, 6, 3, 5}, 4, 6},
+        {{3, 4, 7}, 3, 2},    {{3, 4}, 2, 2},       {{1, 8, 2, 3}, 4, 4},
+    };
+    for (int32_t k = 0; k < LEN(cases); k++) {
+        const int64_t *s = cases[k].s;
+        int32_t nd = cases[k].nd;
+        int64_t n = s[0], c = s[1], hw = count(s + 2, nd - 2), g = cases[k].groups;
+        dr_tensor *x = smooth(s, nd, DR_F32, 2, 0.7, k), *xs = strided_copy(x);
+        dr_tensor *w = smooth(&c, 1, DR_F32, 1, 0.5, 20), *b = smooth(&c, 1, DR_F32, 1, 0, 21);
+        double *xv = values(x), *wv = values(w), *bv = values(b);
+        double *y = malloc((size_t)(n * c * hw) * sizeof *y), m[64], r[64];
+        for (int affine = 0; affine < 4; affine++) {
+            bool hwt = affine & 1, hb = affine & 2;
+            ref_group_norm(xv, hwt ? wv : NULL, hb ? bv : NULL, n, c, hw, g, 1e-5, y, m, r);
+            for (int strided = 0; strided < 2; strided++) {
+                dr_tensor *out = NULL, *mean = NULL, *rstd = NULL;
+                if (!CHECK_OK(dr_group_norm(strided ? xs : x, g, hwt ? w : NULL, hb ? b : NULL,
+                                            1e-5, &out, &mean, &rstd)))
+                    continue;
+                if (!CHECK_EQ_INT(mismatches(out, y, 1e-5, 1e-6), 0))
+                    fprintf(stderr, "    case %d affine %d strided %d\n", k, affine, strided);
+                CHECK_EQ_INT(mismatches(mean, m, 1e-6, 1e-7), 0);
+                CHECK_EQ_INT(mismatches(rstd, r, 1e-5, 0), 0);
+                CHECK_EQ_INT(mean->ndim, 2);
+                CHECK_EQ_INT(mean->sizes[0], n);
+                CHECK_EQ_INT(mean->sizes[1], g);
+                dr_tensor_release(out);
+                dr_tensor_release(mean);
+                dr_tensor_release(rstd);
+            }
+        }
+        free(xv);
+        free(wv);
+        free(bv);
+        free(y);
+        dr_tensor_release(x);
+        dr_tensor_release(xs);
+        dr_tensor_release(w);
+        dr_tensor_release(b);
+    }
+}
+
+/* A large mean (1e4 + unit spread) keeps its variance: the shifted one-pass sums. */
+static void test_group_norm_extremes(void) {
+    int64_t s[4] = {2, 64, 16, 16};
+    dr_tensor *x = smooth(s, 4, DR_F32, 1, 1e4, 3), *out = NULL, *rstd = NULL;
+    double *xv = values(x), *y = malloc(2 * 64 * 256 * sizeof *y), m[8], r[8];
+    ref_group_norm(xv, NULL, NULL, 2, 64, 256, 4, 1e-6, y, m, r);
+    if (CHECK_OK(dr_group_norm(x, 4, NULL, NULL, 1e-6, &out, NULL, &rstd))) {
+        CHECK_EQ_INT(mismatches(rstd, r, 1e-3, 0), 0);
+        CHECK_EQ_INT(mismatches(out, y, 0, 2e-3), 0);
+    }
+    free(xv);
+    free(y);
+    dr_tensor_release(x);
+    dr_tensor_release(out);
+    dr_tensor_release(rstd);
+}
+
+static void test_group_norm_half(void) {
+    int64_t s[4] = {2, 6, 3, 5}, c = 6;
+    int32_t dts[2] = {DR_F16, DR_BF16};
+    for (int k = 0; k < 2; k++) {
+        dr_tensor *x = smooth(s, 4, dts[k], 2, 1, 6), *b = smooth(&c, 1, DR_F32, 1, 0, 7);
+        dr_tensor *out = NULL;
+        double *xv = values(x), *bv = values(b), y[180], m[6], r[6];
+        ref_group_norm(xv, NULL, bv, 2, 6, 15, 3, 1e-5, y, m, r);
+        if (CHECK_OK(dr_group_norm(x, 3, NULL, b, 1e-5, &out, NULL, NULL))) {
+            CHECK_EQ_INT(out->scalar_type, dts[k]);
+            CHECK_EQ_INT(mismatches(out, y, k ? 1e-2 : 2e-3, 1e-2), 0);
+        }
+        dr_tensor_release(out);
+        free(xv);
+        free(bv);
+        dr_tensor_release(x);
+        dr_tensor_release(b);
+    }
+}
+
+typedef struct gn_ctx {
+    int64_t groups;
+    bool weight, bias;
+} gn_ctx;
+
+static dr_status gn_forward(dr_tensor **in, const void *ctx, dr_tensor **out) {
+    const gn_ctx *c = ctx;
+    dr_tensor *v = NULL;
+    dr_status st = dr_tensor_transpose(in[0], -1, -2, &v);
+    if (st == DR_OK)
+        st = dr_group_norm(v, c->groups, c->weight ? in[1] : NULL, c->bias ? in[2] : NULL, 1e-5,
+                           out, NULL, NULL);
+    dr_tensor_release(v);
+    return st;
+}
+
+static dr_status gn_backward(const dr_tensor *grad_out, dr_tensor **in, const void *ctx,
+                             dr_tensor **grads) {
+    const gn_ctx *c = ctx;
+    dr_tensor *v = NULL, *y = NULL, *mean = NULL, *rstd = NULL, *gx = NULL, *gs = NULL;
+    dr_status st = dr_tensor_transpose(in[0], -1, -2, &v);
+    if (st == DR_OK)
+        st = dr_group_norm(v, c->groups, c->weight ? in[1] : NULL, c->bias ? in[2] : NULL, 1e-5,
+                           &y, &mean, &rstd);
+    if (st == DR_OK) {
+        gs = strided_copy(grad_out);
+        st = dr_group_norm_backward(gs, v, mean, rstd, c->weight ? in[1] : NULL, c->groups, &gx,
+                                    c->weight ? &grads[1] : NULL, c->bias ? &grads[2] : NULL);
+    }
+    if (st == DR_OK) st = dr_tensor_transpose(gx, -1, -2, &grads[0]);
+    dr_tensor_release(v);
+    dr_tensor_release(y);
+    dr_tensor_release(mean);
+    dr_tensor_release(rstd);
+    dr_tensor_release(gx);
+    dr_tensor_release(gs);
+    return st;
+}
+
+static void test_group_norm_gradcheck(void) {
+    int64_t s[4] = {2, 6, 5, 3}, c = 6; /* the op sees [2, 6, 3, 5] */
+    int64_t groups[2] = {3, 2};
+    for (int gi = 0; gi < 2; gi++)
+        for (int affine = 0; affine < 4; affine++) {
+            gn_ctx ctx = {groups[gi], affine & 1, affine & 2};
+            dr_tensor *in[3] = {smooth(s, 4, DR_F32, 2, 0.5, affine), smooth(&c, 1, DR_F32, 1, 0.3, 8),
+                                smooth(&c, 1, DR_F32, 1, 0, 9)};
+            gradcheck("group_norm", gn_forward, gn_backward, &ctx, in, 3, 1e-2, 3e-3, 3e-3);
+            for (int i = 0; i < 3; i++) dr_tensor_release(in[i]);
+        }
+}
+
+static void test_group_norm_threads(void) {
+    int64_t s[4] = {4, 64, 16, 16}, c = 64;
+    dr_tensor *x = smooth(s, 4, DR_F32, 2, 0, 10), *g = smooth(s, 4, DR_F32, 1, 0, 11);
+    dr_tensor *w = smooth(&c, 1, DR_F32, 1, 1, 12), *b = smooth(&c, 1, DR_F32, 1, 0, 13);
+    dr_tensor *y[2] = {NULL, NULL}, *mean = NULL, *rstd = NULL;
+    dr_tensor *gx[2] = {NULL, NULL}, *gw[2] = {NULL, NULL}, *gb[2] = {NULL, NULL};
+    int keep = dr_get_num_threads();
+    for (int t = 0; t < 2; t++) {
+        dr_set_num_threads(t ? 3 : 1);
+        dr_tensor_release(mean);
+        dr_tensor_release(rstd);
+        CHECK_OK(dr_group_norm(x, 32, w, b, 1e-5, &y[t], &mean, &rstd));
+        CHECK_OK(dr_group_norm_backward(g, x, mean, rstd, w, 32, &gx[t], &gw[t], &gb[t]));
+    }
+    dr_set_num_threads(keep);
+    CHECK(bitwise_equal(y[0], y[1]));
+    CHECK(bitwise_equal(gx[0], gx[1]));
+    CHECK(bitwise_equal(gw[0], gw[1]));
+    CHECK(bitwise_equal(gb[0], gb[1]));
+    dr_tensor *only = NULL;
+    if (CHECK_OK(dr_group_norm_backward(g, x, mean, rstd, w, 32, NULL, &only, NULL)))
+        CHECK(bitwise_equal(only, gw[0]));
+    dr_tensor_release(only);
+    for (int t = 0; t < 2; t++) {
+        dr_tensor_release(y[t]);
+        dr_tensor_release(gx[t]);
+        dr_tensor_release(gw[t]);
+        dr_tensor_release(gb[t]);
+    }
+    dr_tensor_release(mean);
+    dr_tensor_release(rstd);
+    dr_tensor_release(x);
+    dr_tensor_release(g);
+    dr_tensor_release(w);
+    dr_tensor_release(b);
+}
+
+/* ---- errors -------------------------------------------------------------------------- */
+
+static void test_errors(void) {
+    int64_t s[3] = {2, 6, 3}, c5 = 5, c6 = 6, sh[2] = {6, 4};
+    dr_tensor *x = NULL, *xi = NULL, *w5 = NULL, *w6 = NULL, *y = NULL, *m = NULL, *r = NULL;
+    CHECK_OK(dr_tensor_full(s, 3, DR_F32, CPU, 1, &x));
+    CHECK_OK(dr_tensor_full(s, 3, DR_I32, CPU, 1, &xi));
+    CHECK_OK(dr_tensor_full(&c5, 1, DR_F32, CPU, 1, &w5));
+    CHECK_OK(dr_tensor_full(&c6, 1, DR_F32, CPU, 1, &w6));
+
+    CHECK_FAILS(dr_softmax(x, 3, &y), DR_ERR_ARG, "softmax: dimension 4 out of range");
+    CHECK_FAILS(dr_log_softmax(xi, 0, &y), DR_ERR_DTYPE, "log_softmax: input [2, 6, 3] has dtype int32");
+    CHECK_FAILS(dr_softmax_backward(x, w6, 0, &y), DR_ERR_SHAPE,
+                "softmax_backward: grad_out [2, 6, 3] and output [6] must have the same shape");
+
+    CHECK_FAILS(dr_layer_norm(x, sh, 2, NULL, NULL, 1e-5, &y, &m, &r), DR_ERR_SHAPE,
+                "layer_norm: normalized_shape [6, 4] expects input of shape [*, 6, 4], got [2, 6, 3]");
+    CHECK(y == NULL && m == NULL && r == NULL);
+    int64_t three = 3;
+    CHECK_FAILS(dr_layer_norm(x, &three, 1, w5, NULL, 1e-5, &y, NULL, NULL), DR_ERR_SHAPE,
+                "layer_norm: weight has shape [5] but normalized_shape is [3]");
+    CHECK_FAILS(dr_layer_norm(x, &three, 0, NULL, NULL, 1e-5, &y, NULL, NULL), DR_ERR_ARG,
+                "layer_norm: normalized_shape must have 1 to 8 sizes, got 0");
+    CHECK_FAILS(dr_layer_norm(x, &three, 1, NULL, NULL, -1, &y, NULL, NULL), DR_ERR_ARG,
+                "layer_norm: eps must be a finite number >= 0, got -1");
+    CHECK_FAILS(dr_layer_norm(x, NULL, 1, NULL, NULL, 1e-5, &y, NULL, NULL), DR_ERR_ARG,
+                "layer_norm: normalized_shape is NULL");
+    CHECK_FAILS(dr_layer_norm_backward(x, x, &three, 1, w5, w6, NULL, &y, NULL, NULL), DR_ERR_SHAPE,
+                "layer_norm_backward: mean [5] should have 12 elements for input [2, 6, 3]");
+
+    CHECK_FAILS(dr_group_norm(x, 4, NULL, NULL, 1e-5, &y, &m, &r), DR_ERR_SHAPE,
+                "group_norm: expected the number of channels 6 of input [2, 6, 3] to be divisible "
+                "by num_groups 4");
+    CHECK(y == NULL && m == NULL && r == NULL);
+    CHECK_FAILS(dr_group_norm(x, 0, NULL, NULL, 1e-5, &y, NULL, NULL), DR_ERR_ARG,
+                "group_norm: num_groups must be positive, got 0");
+    CHECK_FAILS(dr_group_norm(x, 3, w5, NULL, 1e-5, &y, NULL, NULL), DR_ERR_SHAPE,
+                "group_norm: weight has shape [5] but the channel count of the input is [6]");
+    CHECK_FAILS(dr_group_norm(w6, 3, NULL, NULL, 1e-5, &y, NULL, NULL), DR_ERR_SHAPE,
+                "group_norm: expected input of shape [N, C, *] with at least 2 dims, got [6]");
+    CHECK_FAILS(dr_group_norm(xi, 3, NULL, NULL, 1e-5, &y, NULL, NULL), DR_ERR_DTYPE,
+                "group_norm: input [2, 6, 3] has dtype int32");
+    CHECK_FAILS(dr_group_norm(x, 3, NULL, NULL, 1e-5, NULL, NULL, NULL), DR_ERR_ARG,
+                "group_norm: out is NULL");
+    CHECK_FAILS(dr_group_norm_backward(x, x, w6, w5, NULL, 3, &y, NULL, NULL), DR_ERR_SHAPE,
+                "group_norm_backward: rstd [5] should have 6 elements");
+    CHECK_FAILS(dr_group_norm_backward(w6, x, w6, w6, NULL, 3, &y, NULL, NULL), DR_ERR_SHAPE,
+                "group_norm_backward: grad_out [6] and input [2, 6, 3] must have the same shape");
+    dr_tensor_release(x);
+    dr_tensor_release(xi);
+    dr_tensor_release(w5);
+    dr_tensor_release(w6);
+}
+
+int main(void) {
+    test_softmax_forward();
+    test_softmax_extremes();
+    test_softmax_half();
+    test_softmax_threads();
+    test_softmax_gradcheck();
+    test_layer_norm_forward();
+    test_layer_norm_extremes();
+    test_layer_norm_half();
+    test_layer_norm_gradcheck();
+    test_layer_norm_threads();
+    test_group_norm_forward();
+    test_group_norm_extremes();
+    test_group_norm_half();
+    test_group_norm_gradcheck();
+    test_group_norm_threads();
+    test_errors();
+    return check_summary("test_norm");
+}
