@@ -31,9 +31,10 @@ describe('the REPL on a terminal #cli #tty', function()
   end
   local function line(text) keys({ literal = text }, 'Enter') end
   local function screen() return sh(('tmux capture-pane -p -J -S -200 -t %s'):format(session)) end
-  -- Waits until the screen contains `needle` (plain text), up to ~5 s.
+  -- Waits until the screen contains `needle` (plain text), up to ~20 s (CI
+  -- machines can be loaded).
   local function wait_for(needle)
-    for _ = 1, 100 do
+    for _ = 1, 400 do
       local s = screen()
       if s:find(needle, 1, true) then return s end
       sh('sleep 0.05')

@@ -38,8 +38,10 @@ static inline int gradcheck(const char *name, gc_forward_fn fwd, gc_backward_fn 
                             double atol, double rtol) {
     dr_device cpu = {DR_CPU, 0};
     dr_generator g = {12345, 0};
-    dr_tensor *out = NULL, *r = NULL, *grads[8] = {NULL};
+    enum { MAX_INPUTS = 8 };
+    dr_tensor *out = NULL, *r = NULL, *grads[MAX_INPUTS] = {NULL};
     int bad = 0;
+    if (!CHECK(ninputs >= 0 && ninputs <= MAX_INPUTS)) return 1;
     if (!CHECK_OK(fwd(inputs, ctx, &out))) return 1;
     if (!CHECK_OK(dr_randn(out->sizes, out->ndim, DR_F32, cpu, &g, &r))) return 1;
     if (!CHECK_OK(bwd(r, inputs, ctx, grads))) return 1;
@@ -72,7 +74,7 @@ static inline int gradcheck(const char *name, gc_forward_fn fwd, gc_backward_fn 
         free(analytic);
     }
     CHECK_EQ_INT(bad, 0);
-    for (int k = 0; k < 8; k++) dr_tensor_release(grads[k]);
+    for (int k = 0; k < MAX_INPUTS; k++) dr_tensor_release(grads[k]);
     dr_tensor_release(out);
     dr_tensor_release(r);
     return bad;
