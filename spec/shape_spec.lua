@@ -182,6 +182,7 @@ describe('reductions #binding', function()
     gradcheck(function(x) return x:t():var(1) end, { rand(3, 4) })
     gradcheck(function(x) return x:var({ correction = 0, keepdim = true }) end, { rand(2, 3) })
     gradcheck(function(x) return x:std(-1) end, { rand(2, 5) })
+    gradcheck(function(x) return x:var(1) + x:mean(1) end, { rand(4, 17) }) -- leading dims
     gradcheck(function(x) return (x:max(2)) end, { dr.tensor { { 0.1, 0.9, -0.3 }, { 0.5, -0.2, 0.7 } } })
     gradcheck(function(x) return (x:t():min(1, true)) end, { dr.tensor { { 0.1, 0.9, -0.3 }, { 0.5, -0.2, 0.7 } } })
     gradcheck(function(x) return x:max() * 1 end, { dr.tensor { 0.1, 0.9, -0.3 } })

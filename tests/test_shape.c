@@ -438,6 +438,28 @@ static void test_moments_more(void) {
     free(xv);
     dr_tensor_release(x);
 
+    /* reducing leading dims of a contiguous tensor (the column path) */
+    int64_t cs3[3] = {20, 15, 130};
+    dr_tensor *cx = su_make(cs3, 3, DR_F32, 6, 0), *cr[2][2] = {{NULL}};
+    double *cv = su_get(cx), *cm = malloc(130 * sizeof(double)), *cvar = malloc(130 * sizeof(double));
+    bool lead[3] = {true, true, false};
+    ref_moments(cv, cs3, lead, 0, 0, cm);
+    ref_moments(cv, cs3, lead, 1, 1, cvar);
+    int32_t d01[2] = {0, 1};
+    for (int t = 0; t < 2; t++) {
+        dr_set_num_threads(t + 1);
+        CHECK_OK(dr_mean(cx, d01, 2, 0, &cr[t][0]));
+        CHECK_OK(dr_var(cx, d01, 2, 1, 0, &cr[t][1]));
+    }
+    dr_set_num_threads(saved);
+    su_close(cr[0][0], cs3 + 2, 1, cm, 1e-6, "leading mean");
+    su_close(cr[0][1], cs3 + 2, 1, cvar, 1e-6, "leading var");
+    su_same_bits(cr[0][0], cr[1][0], "leading mean threads");
+    su_same_bits(cr[0][1], cr[1][1], "leading var threads");
+    for (int t = 0; t < 2; t++) dr_tensor_release(cr[t][0]), dr_tensor_release(cr[t][1]);
+    dr_tensor_release(cx);
+    free(cv), free(cm), free(cvar);
+
     int64_t hs[2] = {2, 6};
     dr_tensor *h = su_make(hs, 2, DR_F16, 5, 0), *hm = NULL, *c = NULL, *cs = NULL, *g = NULL;
     double *hv = su_get(h), hw[2];

@@ -59,6 +59,7 @@ static dr_status stack_node_backward(dr_node *n, const dr_tensor *g, dr_tensor *
 static dr_status record_join(dr_tensor *out, const dr_tensor *const *ins, int32_t n, int32_t dim,
                              bool stack, const char *name) {
     dr_node *node;
+    if (!dr_grad_mode()) return DR_OK;
     if (n <= DR_NODE_MAX_INPUTS) {
         DR_TRY(dr_autograd_record(out, name, stack ? stack_node_backward : cat_node_backward, ins,
                                   n, &node));

@@ -71,12 +71,22 @@ static void block_pass(const red_geom *g, const float *p, int64_t base, int64_t 
     if (g->nred == 1) {
         int64_t st = g->red_strides[0];
         const float *q = p + base + r0 * st;
-        if (st == 1) {
-            for (int64_t r = 0; r < r1 - r0; r++) {
+        if (st == 1) { /* eight independent sums (a fixed order): not latency-bound */
+            double pa[8] = {0}, pb[8] = {0};
+            int64_t len = r1 - r0, r = 0;
+            for (; r + 8 <= len; r += 8)
+                for (int k = 0; k < 8; k++) {
+                    double x = (double)q[r + k] - shift;
+                    pa[k] += x;
+                    pb[k] += x * x;
+                }
+            for (int k = 0; k < 8; k++) a += pa[k], b += pb[k];
+            for (; r < len; r++) {
                 double x = (double)q[r] - shift;
                 a += x;
-                if (want_s2) b += x * x;
+                b += x * x;
             }
+            if (!want_s2) b = 0;
         } else {
             for (int64_t r = 0; r < r1 - r0; r++) {
                 double x = (double)q[r * st] - shift;
@@ -109,10 +119,75 @@ static void block_pass(const red_geom *g, const float *p, int64_t base, int64_t 
     *s2 = b;
 }
 
+/* The kept elements form one stride-1 run (reducing over leading dims, e.g. the
+ * batch of [B, D]): then columns are summed side by side, which reads memory in
+ * order, instead of one strided walk per output. */
+enum { COLS = 64 };
+
+static bool kept_is_one_run(const red_geom *g) {
+    if (g->nkeep == 0 || g->keep_strides[g->nkeep - 1] != 1 || g->nout < 16) return false;
+    for (int32_t d = 0; d + 1 < g->nkeep; d++)
+        if (g->keep_strides[d] != g->keep_strides[d + 1] * g->keep_sizes[d + 1]) return false;
+    return g->red_numel > 1;
+}
+
+/* Adds row r's columns (shifted) into s1 (and their squares into s2). */
+static void column_pass(const red_geom *g, const float *p, int64_t base, int64_t ncols,
+                        const double *shift, double *s1, double *s2) {
+    int64_t idx[DR_MAX_DIMS] = {0}, off = base;
+    int32_t last = g->nred - 1;
+    for (int64_t r = 0; r < g->red_numel; r++) {
+        const float *row = p + off;
+        if (shift) {
+            for (int64_t c = 0; c < ncols; c++) {
+                double x = (double)row[c] - shift[c];
+                s2[c] += x * x;
+            }
+        } else {
+            for (int64_t c = 0; c < ncols; c++) s1[c] += (double)row[c];
+        }
+        for (int32_t d = last; d >= 0; d--) {
+            idx[d]++;
+            off += g->red_strides[d];
+            if (idx[d] < g->red_sizes[d]) break;
+            off -= idx[d] * g->red_strides[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+static void moments_by_columns(const red_geom *g, const dr_tensor *in, float *om, float *ov,
+                               double correction, int take_sqrt) {
+    const float *p = (const float *)dr_cpu_base(in);
+    int64_t base = keep_offset(g, in, 0), nb = (g->nout + COLS - 1) / COLS;
+    double n = (double)g->red_numel, dof = n - correction;
+#pragma omp parallel for schedule(static) if (g->nout * g->red_numel > DR_CPU_PARALLEL_MIN)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t c0 = b * COLS, nc = g->nout - c0 < COLS ? g->nout - c0 : COLS;
+        double s1[COLS] = {0}, s2[COLS] = {0};
+        column_pass(g, p, base + c0, nc, NULL, s1, s2);
+        for (int64_t c = 0; c < nc; c++) s1[c] /= n;
+        if (ov) column_pass(g, p, base + c0, nc, s1, NULL, s2);
+        for (int64_t c = 0; c < nc; c++) {
+            om[c0 + c] = (float)s1[c];
+            if (ov) {
+                double v = s2[c] / (dof > 0 ? dof : 0.0);
+                ov[c0 + c] = (float)(take_sqrt ? sqrt(v) : v);
+            }
+        }
+    }
+}
+
 dr_status dr_cpu_moments(dr_tensor *mean, dr_tensor *var, const dr_tensor *in, int32_t nreduce,
                          double correction, int take_sqrt) {
     red_geom g;
     geom_init(&g, in, nreduce);
+    if (kept_is_one_run(&g)) {
+        moments_by_columns(&g, in, (float *)dr_cpu_base(mean) + mean->storage_offset,
+                           var ? (float *)dr_cpu_base(var) + var->storage_offset : NULL,
+                           correction, take_sqrt);
+        return DR_OK;
+    }
     int64_t nblocks = g.red_numel == 0 ? 1 : (g.red_numel + BLOCK - 1) / BLOCK;
     int64_t ntasks = g.nout * nblocks;
     /* per task: count, mean, M2 */

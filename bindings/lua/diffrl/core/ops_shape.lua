@@ -274,7 +274,7 @@ function Tensor.flatten(t, start_dim, end_dim)
   local _, s0 = dim_size(t, start_dim or 1, 'flatten')
   local _, s1 = dim_size(t, end_dim or -1, 'flatten')
   if s0 > s1 then
-    raise(('flatten: start_dim %d comes after end_dim %d'):format(start_dim, end_dim))
+    raise(('flatten: start_dim %d comes after end_dim %d (of a %d-d tensor)'):format(s0, s1, nd))
   end
   local s, merged = {}, 1
   for i = 1, nd do
