@@ -25,7 +25,8 @@ describe('unary math #binding', function()
   it('computes the activations as torch does', function()
     local x = dr.tensor(xs)
     h.assert_close(x:silu():tolist(), map(xs, function(v) return v * sigmoid(v) end), 1e-6)
-    h.assert_close(dr.quick_gelu(x):tolist(), map(xs, function(v) return v * sigmoid(1.702 * v) end), 1e-6)
+    h.assert_close(dr.quick_gelu(x):tolist(),
+                   map(xs, function(v) return v * sigmoid(1.702 * v) end), 1e-6)
     h.assert_close(dr.relu(x):tolist(), map(xs, function(v) return math.max(v, 0) end), 0)
     h.assert_close(x:sigmoid():tolist(), map(xs, sigmoid), 1e-6)
     h.assert_close(dr.tanh(x):tolist(), map(xs, function(v)
@@ -74,6 +75,7 @@ describe('unary math #binding', function()
     assert.are.same({ -2, -0.5, 0.5, 1 }, x:clamp_max(1):tolist())
     assert.are.same({ 1, 1, 1, 1 }, x:clamp(3, 1):tolist()) -- min > max gives max, as torch
     assert_contains(error_of(x.clamp, x), "clamp: at least one of 'min' or 'max' must be given")
+    assert_contains(error_of(x.clamp_min, x), 'clamp_min: min must be a number, got nil')
   end)
 
   it('keeps float16 and bfloat16 and refuses integers, naming the op', function()
@@ -99,7 +101,8 @@ describe('softmax #binding', function()
   it('normalises over a 1-based dim', function()
     local e = math.exp(1)
     local z = 1 + e + e * e
-    h.assert_close(x:softmax(2):tolist(), { { 1 / z, e / z, e * e / z }, { 1 / 3, 1 / 3, 1 / 3 } }, 1e-6)
+    h.assert_close(x:softmax(2):tolist(),
+                   { { 1 / z, e / z, e * e / z }, { 1 / 3, 1 / 3, 1 / 3 } }, 1e-6)
     h.assert_close(dr.softmax(x, -1):tolist(), x:softmax(2):tolist(), 0)
     local cols = x:softmax(1):sum(1):tolist()
     h.assert_close(cols, { 1, 1, 1 }, 1e-6)
@@ -117,7 +120,8 @@ describe('softmax #binding', function()
   it('needs a dim and speaks 1-based dims', function()
     assert_contains(error_of(x.softmax, x), 'softmax: dim is required')
     assert_contains(error_of(x.softmax, x, 0), '1-based')
-    assert_contains(error_of(x.log_softmax, x, 3), 'log_softmax: dimension 3 out of range for a 2-d tensor')
+    assert_contains(error_of(x.log_softmax, x, 3),
+                    'log_softmax: dimension 3 out of range for a 2-d tensor')
   end)
 end)
 
@@ -135,7 +139,8 @@ describe('layer_norm #binding', function()
 
   it('applies weight and bias, either optional', function()
     local w, b = dr.tensor { 1, 2, 1, 1 }, dr.tensor { 0, 0, 0, 10 }
-    local y, yw, yb = dr.layer_norm(x, { 4 }), dr.layer_norm(x, { 4 }, w), dr.layer_norm(x, { 4 }, nil, b)
+    local y, yw = dr.layer_norm(x, { 4 }), dr.layer_norm(x, { 4 }, w)
+    local yb = dr.layer_norm(x, { 4 }, nil, b)
     h.assert_close(yw:tolist()[1][2], 2 * y:tolist()[1][2], 1e-6)
     h.assert_close(yb:tolist()[2][4], y:tolist()[2][4] + 10, 1e-6)
     h.assert_close(dr.layer_norm(x, { 4 }, w, b, 1e-3):tolist()[1][4],
@@ -185,7 +190,8 @@ describe('group_norm #binding', function()
 
   it('requires channels divisible by num_groups, as torch', function()
     assert_contains(error_of(dr.group_norm, x, 4),
-                    'group_norm: expected the number of channels 6 of input [2, 6, 3, 3] to be divisible by num_groups 4')
+                    'group_norm: expected the number of channels 6 of input [2, 6, 3, 3] to be ' ..
+                    'divisible by num_groups 4')
     assert_contains(error_of(dr.group_norm, x, 1.5), 'group_norm: num_groups must be an integer')
     assert_contains(error_of(dr.group_norm, x, 3, dr.ones(5)),
                     'group_norm: weight has shape [5] but the channel count of the input is [6]')

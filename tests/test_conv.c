@@ -586,7 +586,7 @@ static void test_errors(void) {
                 "conv2d: input float16 [1, 4, 5, 5] and weight float32 [6, 4, 3, 3] must have "
                 "the same dtype");
     CHECK_FAILS(dr_conv2d(xi, w4, NULL, one, one, one, 1, &y), DR_ERR_DTYPE,
-                "conv2d: input dtype int64 is not supported");
+                "conv2d: input [1, 4, 5, 5] has dtype int64");
     CHECK_FAILS(dr_conv2d(x3, w4, NULL, one, one, one, 1, &y), DR_ERR_SHAPE,
                 "conv2d: expected a 4-D input [N, C, H, W], got [4, 5, 5]");
     CHECK_FAILS(dr_conv2d(x4, x3, NULL, one, one, one, 1, &y), DR_ERR_SHAPE,
@@ -615,7 +615,7 @@ static void test_errors(void) {
     CHECK_FAILS(dr_upsample_nearest2d(x3, 2, 2, &y), DR_ERR_SHAPE,
                 "upsample_nearest2d: expected a 4-D input [N, C, H, W], got [4, 5, 5]");
     CHECK_FAILS(dr_upsample_nearest2d(xi, 2, 2, &y), DR_ERR_DTYPE,
-                "upsample_nearest2d: input dtype int64");
+                "upsample_nearest2d: input [1, 4, 5, 5] has dtype int64");
     CHECK_FAILS(dr_upsample_nearest2d_backward(x4, 2, 2, &y), DR_ERR_SHAPE,
                 "upsample_nearest2d_backward: grad_out [1, 4, 5, 5] is not a whole multiple of "
                 "the scale [2, 2]");

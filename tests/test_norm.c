@@ -33,6 +33,18 @@ static dr_tensor *smooth(const int64_t *s, int32_t nd, int32_t dtype, double a, 
     return t;
 }
 
+/* Multiples of 1/256 in [-2, 2] plus `offset`: exact in float32 for offsets up
+ * to 2^14, so x + offset is the same data shifted. */
+static dr_tensor *quantized(const int64_t *s, int32_t nd, double offset, int salt) {
+    int64_t n = count(s, nd);
+    double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+    for (int64_t i = 0; i < n; i++) v[i] = offset + round(512 * sin(0.71 * (double)i + salt)) / 256;
+    dr_tensor *t = NULL;
+    CHECK_OK(dr_tensor_from_f64(v, s, nd, DR_F32, CPU, &t));
+    free(v);
+    return t;
+}
+
 static double *values(const dr_tensor *t) {
     int64_t n = dr_tensor_numel(t);
     double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
@@ -109,7 +121,8 @@ static void test_softmax_forward(void) {
                 const dr_tensor *in = variant == 2 ? xs : x;
                 int32_t dim = variant == 1 ? d - 3 : d;
                 dr_tensor *y = NULL;
-                if (!CHECK_OK(log ? dr_log_softmax(in, dim, &y) : dr_softmax(in, dim, &y))) continue;
+                if (!CHECK_OK(log ? dr_log_softmax(in, dim, &y) : dr_softmax(in, dim, &y)))
+                    continue;
                 if (!CHECK_EQ_INT(mismatches(y, want, 1e-5, 1e-7), 0))
                     fprintf(stderr, "    log %d dim %d variant %d\n", log, d, variant);
                 dr_tensor_release(y);
@@ -160,7 +173,8 @@ static void test_softmax_extremes(void) {
         CHECK_NEAR(v, 1, 0);
     }
     dr_tensor_release(y0);
-    if (CHECK_OK(dr_log_softmax(s0, 0, &y0)) && CHECK_OK(dr_tensor_item(y0, &v))) CHECK_NEAR(v, 0, 0);
+    if (CHECK_OK(dr_log_softmax(s0, 0, &y0)) && CHECK_OK(dr_tensor_item(y0, &v)))
+        CHECK_NEAR(v, 0, 0);
     dr_tensor_release(y0);
     dr_tensor_release(s0);
 }
@@ -192,7 +206,8 @@ static void test_softmax_threads(void) {
     int32_t nds[2] = {2, 3}, dims[2] = {1, 1};
     int keep = dr_get_num_threads();
     for (int k = 0; k < 2; k++) {
-        dr_tensor *x = smooth(shapes[k], nds[k], DR_F32, 6, 0, 3), *g = smooth(shapes[k], nds[k], DR_F32, 1, 0, 4);
+        dr_tensor *x = smooth(shapes[k], nds[k], DR_F32, 6, 0, 3);
+        dr_tensor *g = smooth(shapes[k], nds[k], DR_F32, 1, 0, 4);
         dr_tensor *y[2] = {NULL, NULL}, *dx[2] = {NULL, NULL};
         for (int t = 0; t < 2; t++) {
             dr_set_num_threads(t ? 3 : 1);
@@ -286,7 +301,8 @@ static void test_layer_norm_forward(void) {
     for (int32_t nnorm = 1; nnorm <= 2; nnorm++) {
         const int64_t *shape = s + 3 - nnorm;
         int64_t cols = count(shape, nnorm), rows = 30 / cols;
-        dr_tensor *w = smooth(shape, nnorm, DR_F32, 1, 0.5, 2), *b = smooth(shape, nnorm, DR_F32, 1, 0, 3);
+        dr_tensor *w = smooth(shape, nnorm, DR_F32, 1, 0.5, 2);
+        dr_tensor *b = smooth(shape, nnorm, DR_F32, 1, 0, 3);
         double *wv = values(w), *bv = values(b), y[30], m[30], r[30];
         for (int affine = 0; affine < 4; affine++) {
             bool hw = affine & 1, hb = affine & 2;
@@ -430,6 +446,34 @@ static void test_layer_norm_gradcheck(void) {
         }
 }
 
+/* Normalisation forgets a shift of x: all gradients at x + 1000 equal those at x
+ * (the backward sums are centred on the mean, so nothing cancels). */
+static void test_layer_norm_shifted_backward(void) {
+    int64_t s[2] = {6, 300}, c = 300;
+    dr_tensor *g = smooth(s, 2, DR_F32, 1, 0, 13), *w = smooth(&c, 1, DR_F32, 1, 1, 14);
+    dr_tensor *gx[2], *gw[2], *gb[2];
+    for (int k = 0; k < 2; k++) {
+        dr_tensor *x = quantized(s, 2, k ? 1000 : 0, 15), *y = NULL, *m = NULL, *r = NULL;
+        gx[k] = gw[k] = gb[k] = NULL;
+        CHECK_OK(dr_layer_norm(x, &c, 1, w, NULL, 1e-5, &y, &m, &r));
+        CHECK_OK(dr_layer_norm_backward(g, x, &c, 1, m, r, w, &gx[k], &gw[k], &gb[k]));
+        dr_tensor_release(x);
+        dr_tensor_release(y);
+        dr_tensor_release(m);
+        dr_tensor_release(r);
+    }
+    dr_tensor *pairs[3][2] = {{gx[0], gx[1]}, {gw[0], gw[1]}, {gb[0], gb[1]}};
+    for (int p = 0; p < 3; p++) {
+        double *want = values(pairs[p][0]);
+        CHECK_EQ_INT(mismatches(pairs[p][1], want, 1e-4, 1e-4), 0);
+        free(want);
+        dr_tensor_release(pairs[p][0]);
+        dr_tensor_release(pairs[p][1]);
+    }
+    dr_tensor_release(g);
+    dr_tensor_release(w);
+}
+
 /* grad_weight / grad_bias sum over rows in a fixed order: same bits on 1 and 3
  * threads; each gradient can be asked for alone. */
 static void test_layer_norm_threads(void) {
@@ -557,6 +601,32 @@ static void test_group_norm_extremes(void) {
     dr_tensor_release(rstd);
 }
 
+static void test_group_norm_shifted_backward(void) {
+    int64_t s[4] = {2, 8, 9, 7}, c = 8;
+    dr_tensor *g = smooth(s, 4, DR_F32, 1, 0, 16), *w = smooth(&c, 1, DR_F32, 1, 1, 17);
+    dr_tensor *gx[2], *gw[2], *gb[2];
+    for (int k = 0; k < 2; k++) {
+        dr_tensor *x = quantized(s, 4, k ? 1000 : 0, 18), *y = NULL, *m = NULL, *r = NULL;
+        gx[k] = gw[k] = gb[k] = NULL;
+        CHECK_OK(dr_group_norm(x, 4, w, NULL, 1e-5, &y, &m, &r));
+        CHECK_OK(dr_group_norm_backward(g, x, m, r, w, 4, &gx[k], &gw[k], &gb[k]));
+        dr_tensor_release(x);
+        dr_tensor_release(y);
+        dr_tensor_release(m);
+        dr_tensor_release(r);
+    }
+    dr_tensor *pairs[3][2] = {{gx[0], gx[1]}, {gw[0], gw[1]}, {gb[0], gb[1]}};
+    for (int p = 0; p < 3; p++) {
+        double *want = values(pairs[p][0]);
+        CHECK_EQ_INT(mismatches(pairs[p][1], want, 1e-4, 1e-4), 0);
+        free(want);
+        dr_tensor_release(pairs[p][0]);
+        dr_tensor_release(pairs[p][1]);
+    }
+    dr_tensor_release(g);
+    dr_tensor_release(w);
+}
+
 static void test_group_norm_half(void) {
     int64_t s[4] = {2, 6, 3, 5}, c = 6;
     int32_t dts[2] = {DR_F16, DR_BF16};
@@ -622,8 +692,8 @@ static void test_group_norm_gradcheck(void) {
     for (int gi = 0; gi < 2; gi++)
         for (int affine = 0; affine < 4; affine++) {
             gn_ctx ctx = {groups[gi], affine & 1, affine & 2};
-            dr_tensor *in[3] = {smooth(s, 4, DR_F32, 2, 0.5, affine), smooth(&c, 1, DR_F32, 1, 0.3, 8),
-                                smooth(&c, 1, DR_F32, 1, 0, 9)};
+            dr_tensor *in[3] = {smooth(s, 4, DR_F32, 2, 0.5, affine),
+                                smooth(&c, 1, DR_F32, 1, 0.3, 8), smooth(&c, 1, DR_F32, 1, 0, 9)};
             gradcheck("group_norm", gn_forward, gn_backward, &ctx, in, 3, 1e-2, 3e-3, 3e-3);
             for (int i = 0; i < 3; i++) dr_tensor_release(in[i]);
         }
@@ -677,12 +747,14 @@ static void test_errors(void) {
     CHECK_OK(dr_tensor_full(&c6, 1, DR_F32, CPU, 1, &w6));
 
     CHECK_FAILS(dr_softmax(x, 3, &y), DR_ERR_ARG, "softmax: dimension 4 out of range");
-    CHECK_FAILS(dr_log_softmax(xi, 0, &y), DR_ERR_DTYPE, "log_softmax: input [2, 6, 3] has dtype int32");
+    CHECK_FAILS(dr_log_softmax(xi, 0, &y), DR_ERR_DTYPE,
+                "log_softmax: input [2, 6, 3] has dtype int32");
     CHECK_FAILS(dr_softmax_backward(x, w6, 0, &y), DR_ERR_SHAPE,
                 "softmax_backward: grad_out [2, 6, 3] and output [6] must have the same shape");
 
     CHECK_FAILS(dr_layer_norm(x, sh, 2, NULL, NULL, 1e-5, &y, &m, &r), DR_ERR_SHAPE,
-                "layer_norm: normalized_shape [6, 4] expects input of shape [*, 6, 4], got [2, 6, 3]");
+                "layer_norm: normalized_shape [6, 4] expects input of shape [*, 6, 4], got "
+                "[2, 6, 3]");
     CHECK(y == NULL && m == NULL && r == NULL);
     int64_t three = 3;
     CHECK_FAILS(dr_layer_norm(x, &three, 1, w5, NULL, 1e-5, &y, NULL, NULL), DR_ERR_SHAPE,
@@ -730,9 +802,11 @@ int main(void) {
     test_layer_norm_extremes();
     test_layer_norm_half();
     test_layer_norm_gradcheck();
+    test_layer_norm_shifted_backward();
     test_layer_norm_threads();
     test_group_norm_forward();
     test_group_norm_extremes();
+    test_group_norm_shifted_backward();
     test_group_norm_half();
     test_group_norm_gradcheck();
     test_group_norm_threads();

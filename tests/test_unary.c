@@ -333,8 +333,10 @@ static dr_status gc_backward(const dr_tensor *grad_out, dr_tensor **in, const vo
     if (st == DR_OK) {
         if (c->op == DR_UNARY_POW) st = dr_pow_scalar_backward(g, v, c->p0, &gx);
         else if (c->op == DR_UNARY_CLAMP) st = dr_clamp_backward(g, v, c->p0, c->p1, &gx);
-        else if (dr_unary_backward_uses_output(c->op)) st = dr_unary_backward(c->op, g, NULL, y, &gx);
-        else st = dr_unary_backward(c->op, g, v, NULL, &gx);
+        else if (dr_unary_backward_uses_output(c->op))
+            st = dr_unary_backward(c->op, g, NULL, y, &gx);
+        else
+            st = dr_unary_backward(c->op, g, v, NULL, &gx);
     }
     if (st == DR_OK) st = dr_tensor_transpose(gx, 0, 1, &grads[0]);
     dr_tensor_release(v);

@@ -89,11 +89,12 @@ typedef struct dr_backend {
 
     /* ---- nn: attention (ops/attention.c) ---- */
     /* Float32 q [batch..., Lq, E], k [batch..., Lk, E], v [batch..., Lk, Ev] with equal
-     * batch dims (strides 0 allowed), rows stride-1 with a BLAS-valid row stride;
-     * mask NULL, bool or float32, expanded to [batch..., Lq, Lk] (any strides). out,
-     * lse and the gradients contiguous; lse float32 [batch..., Lq]; a NULL gradient
-     * is not computed. scale is resolved (> 0). Extra memory: tiles only.
-     * Results do not depend on the thread count. */
+     * batch dims and any batch and row strides (0 included), the last dim stride 1;
+     * grad_out and out likewise; mask NULL, bool or float32, expanded to [batch...,
+     * Lq, Lk] (any strides). out, lse and the gradients contiguous; lse float32
+     * [batch..., Lq]; a NULL gradient is not computed. scale is resolved (> 0).
+     * Extra memory: score tiles per thread (the backward also a packed copy of k
+     * and v), never [Lq, Lk]. Results do not depend on the thread count. */
     dr_status (*attention)(dr_tensor *out, dr_tensor *lse, const dr_tensor *q,
                            const dr_tensor *k, const dr_tensor *v, const dr_tensor *mask,
                            int causal, double scale);

@@ -137,25 +137,22 @@ static int32_t batch_shape(const sdpa_geom *g, int64_t a, int64_t b, int64_t *si
     return g->nb + 2;
 }
 
-/* t as float32 whose rows are stride-1 with a valid BLAS leading dimension,
- * expanded (stride 0, no copy) to [batch..., rows, cols]. */
+/* t as float32 with a stride-1 last dim (rows may have any stride), expanded
+ * (stride 0, no copy) to [batch..., rows, cols]. */
 static dr_status stage(const dr_tensor *t, const sdpa_geom *g, const char *op, dr_tensor **out) {
     dr_tensor *f = NULL, *c = NULL;
     *out = NULL;
     DR_TRY(dr_as_dtype(t, DR_F32, &f));
     int32_t nd = f->ndim;
-    int64_t rows = f->sizes[nd - 2], cols = f->sizes[nd - 1];
-    bool blas_ok = (cols <= 1 || f->strides[nd - 1] == 1) &&
-                   (rows <= 1 || f->strides[nd - 2] >= (cols > 1 ? cols : 1));
     dr_status st = DR_OK;
-    if (blas_ok) {
+    if (f->sizes[nd - 1] <= 1 || f->strides[nd - 1] == 1) {
         c = f;
         f = NULL;
     } else {
         st = dr_tensor_contiguous(f, &c);
     }
     int64_t sizes[DR_MAX_DIMS];
-    int32_t n = batch_shape(g, rows, cols, sizes);
+    int32_t n = batch_shape(g, t->sizes[nd - 2], t->sizes[nd - 1], sizes);
     if (st == DR_OK) st = dr_expand_to(c, sizes, n, op, out);
     dr_tensor_release(f);
     dr_tensor_release(c);

@@ -14,6 +14,7 @@
  * compute in f32 and round the results once. */
 #include "../tensor/tensor_internal.h"
 #include "../backend/backend.h"
+#include "../autograd/autograd.h"
 #include "conv_common.h"
 
 /* Validates input/weight/params of conv2d (or its backward, `op`) and computes the
@@ -22,7 +23,7 @@ static dr_status check_conv(const dr_tensor *input, const dr_tensor *weight,
                             const int64_t *stride, const int64_t *padding,
                             const int64_t *dilation, int64_t groups, const char *op,
                             int64_t *out_sizes) {
-    DR_TRY(dr_check_tensor(input, op, "input"));
+    DR_TRY(dr_nn_check_float(input, op, "input"));
     DR_TRY(dr_check_tensor(weight, op, "weight"));
     DR_TRY(conv_check_pair(stride, op, "stride", 1));
     DR_TRY(conv_check_pair(padding, op, "padding", 0));
@@ -33,7 +34,6 @@ static dr_status check_conv(const dr_tensor *input, const dr_tensor *weight,
     if (weight->ndim != 4)
         return dr_fail(DR_ERR_SHAPE, "%s: expected a 4-D weight [out_channels, "
                        "in_channels/groups, kH, kW], got %s", op, dr_shape_str(weight));
-    DR_TRY(conv_check_float(input, op, "input"));
     DR_TRY(conv_check_same(weight, input, op, "weight", "input"));
     if (groups < 1 || groups > CONV_MAX_GEOM)
         return dr_fail(DR_ERR_ARG, "%s: groups must be positive, got %lld", op,
@@ -73,6 +73,38 @@ static dr_status check_conv(const dr_tensor *input, const dr_tensor *weight,
     return DR_OK;
 }
 
+/* The tape: inputs input, weight[, bias]; saved input, weight;
+ * ints = stride(2), padding(2), dilation(2), groups, has bias. */
+static dr_status conv2d_node_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    const dr_tensor *x, *w;
+    DR_TRY(dr_autograd_saved(n, 0, &x));
+    DR_TRY(dr_autograd_saved(n, 1, &w));
+    const int64_t *p = n->ints;
+    return dr_conv2d_backward(g, x, w, p, p + 2, p + 4, p[6],
+                              dr_node_needs(n, 0) ? &grads[0] : NULL,
+                              dr_node_needs(n, 1) ? &grads[1] : NULL,
+                              p[7] && dr_node_needs(n, 2) ? &grads[2] : NULL);
+}
+
+static dr_status conv2d_record(const dr_tensor *input, const dr_tensor *weight,
+                               const dr_tensor *bias, const int64_t *stride,
+                               const int64_t *padding, const int64_t *dilation, int64_t groups,
+                               dr_tensor *out) {
+    const dr_tensor *inputs[3] = {input, weight, bias};
+    dr_node *node;
+    DR_TRY(dr_autograd_record(out, "conv2d", conv2d_node_backward, inputs, bias ? 3 : 2, &node));
+    if (!node) return DR_OK;
+    for (int i = 0; i < 2; i++) {
+        node->ints[i] = stride[i];
+        node->ints[2 + i] = padding[i];
+        node->ints[4 + i] = dilation[i];
+    }
+    node->ints[6] = groups;
+    node->ints[7] = bias != NULL;
+    DR_TRY(dr_autograd_save(node, 0, input));
+    return dr_autograd_save(node, 1, weight);
+}
+
 dr_status dr_conv2d(const dr_tensor *input, const dr_tensor *weight, const dr_tensor *bias,
                     const int64_t *stride, const int64_t *padding, const int64_t *dilation,
                     int64_t groups, dr_tensor **out) {
@@ -92,21 +124,23 @@ dr_status dr_conv2d(const dr_tensor *input, const dr_tensor *weight, const dr_te
     DR_TRY(DR_KERNEL(be, conv2d, "conv2d"));
 
     dr_tensor *x = NULL, *w = NULL, *b = NULL, *res = NULL;
-    dr_status st = conv_f32_contiguous(input, &x);
-    if (st == DR_OK) st = conv_f32_contiguous(weight, &w);
-    if (st == DR_OK && bias) st = conv_f32_contiguous(bias, &b);
+    bool grad = dr_grad_pause();
+    dr_status st = dr_nn_stage(input, true, &x);
+    if (st == DR_OK) st = dr_nn_stage(weight, true, &w);
+    if (st == DR_OK) st = dr_nn_stage(bias, true, &b);
     if (st == DR_OK) st = dr_tensor_new(out_sizes, 4, DR_F32, input->device, "conv2d", &res);
     if (st == DR_OK) st = be->conv2d(res, x, w, b, stride, padding, dilation, groups);
-    if (st == DR_OK) st = conv_cast_result(&res, input->scalar_type);
     dr_tensor_release(x);
     dr_tensor_release(w);
     dr_tensor_release(b);
+    st = dr_nn_finish(st, res, input->scalar_type, out);
+    dr_grad_resume(grad);
+    if (st == DR_OK) st = conv2d_record(input, weight, bias, stride, padding, dilation, groups, *out);
     if (st != DR_OK) {
-        dr_tensor_release(res);
-        return st;
+        dr_tensor_release(*out);
+        *out = NULL;
     }
-    *out = res;
-    return DR_OK;
+    return st;
 }
 
 dr_status dr_conv2d_backward(const dr_tensor *grad_out, const dr_tensor *input,
@@ -137,9 +171,9 @@ dr_status dr_conv2d_backward(const dr_tensor *grad_out, const dr_tensor *input,
     int32_t dtype = input->scalar_type;
     int64_t bias_size = weight->sizes[0];
     dr_tensor *dy = NULL, *x = NULL, *w = NULL, *gi = NULL, *gw = NULL, *gb = NULL;
-    dr_status st = conv_f32_contiguous(grad_out, &dy);
-    if (st == DR_OK && grad_input) st = conv_f32_contiguous(weight, &w);
-    if (st == DR_OK && grad_weight) st = conv_f32_contiguous(input, &x);
+    dr_status st = dr_nn_stage(grad_out, true, &dy);
+    if (st == DR_OK && grad_input) st = dr_nn_stage(weight, true, &w);
+    if (st == DR_OK && grad_weight) st = dr_nn_stage(input, true, &x);
     if (st == DR_OK && grad_input)
         st = dr_tensor_new(input->sizes, 4, DR_F32, input->device, op, &gi);
     if (st == DR_OK && grad_weight)
@@ -152,20 +186,19 @@ dr_status dr_conv2d_backward(const dr_tensor *grad_out, const dr_tensor *input,
         st = be->conv2d_backward_weight(gw, gb, dy, x ? x : input, stride, padding, dilation,
                                         groups);
     }
-    if (st == DR_OK) st = conv_cast_result(&gi, dtype);
-    if (st == DR_OK) st = conv_cast_result(&gw, dtype);
-    if (st == DR_OK) st = conv_cast_result(&gb, dtype);
     dr_tensor_release(dy);
     dr_tensor_release(x);
     dr_tensor_release(w);
-    if (st != DR_OK) {
-        dr_tensor_release(gi);
-        dr_tensor_release(gw);
-        dr_tensor_release(gb);
-        return st;
+    st = dr_nn_finish(st, gi, dtype, grad_input);
+    st = dr_nn_finish(st, gw, dtype, grad_weight);
+    st = dr_nn_finish(st, gb, dtype, grad_bias);
+    if (st != DR_OK) { /* all or nothing */
+        dr_tensor **outs[3] = {grad_input, grad_weight, grad_bias};
+        for (int i = 0; i < 3; i++)
+            if (outs[i]) {
+                dr_tensor_release(*outs[i]);
+                *outs[i] = NULL;
+            }
     }
-    if (grad_input) *grad_input = gi;
-    if (grad_weight) *grad_weight = gw;
-    if (grad_bias) *grad_bias = gb;
-    return DR_OK;
+    return st;
 }

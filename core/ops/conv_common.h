@@ -1,11 +1,12 @@
-/* Argument helpers shared by the convolution and resampling ops (conv.c, pool.c):
- * {h, w} pairs, float dtypes, and the float32 round trip of f16/bf16 operands. */
+/* Argument checks shared by the convolution and resampling ops (conv.c, pool.c);
+ * their float32 staging is nn_f32.h's. */
 #ifndef DR_OPS_CONV_COMMON_H
 #define DR_OPS_CONV_COMMON_H
 
 #include <stdint.h>
 
 #include "../tensor/tensor_internal.h"
+#include "nn_f32.h"
 
 /* Bounds stride, padding, dilation and groups so that shape arithmetic cannot overflow. */
 #define CONV_MAX_GEOM ((int64_t)1 << 40)
@@ -16,13 +17,6 @@ static inline dr_status conv_check_pair(const int64_t *v, const char *op, const 
     if (v[0] < min || v[1] < min || v[0] > CONV_MAX_GEOM || v[1] > CONV_MAX_GEOM)
         return dr_fail(DR_ERR_ARG, "%s: %s must be %s, got %s", op, name,
                        min > 0 ? "positive" : "non-negative", dr_sizes_str(v, 2));
-    return DR_OK;
-}
-
-static inline dr_status conv_check_float(const dr_tensor *t, const char *op, const char *what) {
-    if (!dr_dtype_is_float(t->scalar_type))
-        return dr_fail(DR_ERR_DTYPE, "%s: %s dtype %s is not supported (float32, float16, "
-                       "bfloat16)", op, what, dr_dtype_name(t->scalar_type));
     return DR_OK;
 }
 
@@ -37,25 +31,6 @@ static inline dr_status conv_check_same(const dr_tensor *t, const dr_tensor *lik
                        like_what, dr_dtype_name(like->scalar_type), dr_shape_str(like), what,
                        dr_dtype_name(t->scalar_type), dr_shape_str(t));
     return DR_OK;
-}
-
-/* t as contiguous float32 (t itself, retained, when it already is). */
-static inline dr_status conv_f32_contiguous(const dr_tensor *t, dr_tensor **out) {
-    dr_tensor *f = NULL;
-    DR_TRY(dr_as_dtype(t, DR_F32, &f));
-    dr_status st = dr_tensor_contiguous(f, out);
-    dr_tensor_release(f);
-    return st;
-}
-
-/* Casts a float32 result to `dtype` in place of *t. */
-static inline dr_status conv_cast_result(dr_tensor **t, int32_t dtype) {
-    if (*t == NULL || (*t)->scalar_type == dtype) return DR_OK;
-    dr_tensor *cast = NULL;
-    dr_status st = dr_tensor_to_dtype(*t, dtype, &cast);
-    dr_tensor_release(*t);
-    *t = cast;
-    return st;
 }
 
 #endif

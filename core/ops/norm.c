@@ -20,6 +20,7 @@
 
 #include "nn_f32.h"
 #include "../backend/backend.h"
+#include "../autograd/autograd.h"
 
 /* weight or bias (NULL allowed) of `op`: a float tensor of exactly `sizes`. */
 static dr_status check_param(const dr_tensor *p, const dr_tensor *x, const int64_t *sizes,
@@ -88,6 +89,64 @@ static dr_status layer_norm_geometry(const dr_tensor *x, const int64_t *shape, i
     return DR_OK;
 }
 
+/* ---- the tape ----------------------------------------------------------------
+ * Inputs: x, then weight and bias where given. Saved: x, weight, mean, rstd.
+ * ints: [0] has weight, [1] has bias, [2] num_groups (group) or nnorm (layer),
+ * [3..] normalized_shape (layer). */
+static dr_status norm_node_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads, bool group) {
+    const dr_tensor *x, *w = NULL, *m, *r;
+    DR_TRY(dr_autograd_saved(n, 0, &x));
+    if (n->ints[0]) DR_TRY(dr_autograd_saved(n, 1, &w));
+    DR_TRY(dr_autograd_saved(n, 2, &m));
+    DR_TRY(dr_autograd_saved(n, 3, &r));
+    int wi = n->ints[0] ? 1 : -1, bi = n->ints[1] ? (n->ints[0] ? 2 : 1) : -1;
+    dr_tensor **gx = dr_node_needs(n, 0) ? &grads[0] : NULL;
+    dr_tensor **gw = wi > 0 && dr_node_needs(n, wi) ? &grads[wi] : NULL;
+    dr_tensor **gb = bi > 0 && dr_node_needs(n, bi) ? &grads[bi] : NULL;
+    if (group) return dr_group_norm_backward(g, x, m, r, w, n->ints[2], gx, gw, gb);
+    return dr_layer_norm_backward(g, x, &n->ints[3], (int32_t)n->ints[2], m, r, w, gx, gw, gb);
+}
+static dr_status layer_norm_node_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return norm_node_backward(n, g, grads, false);
+}
+static dr_status group_norm_node_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return norm_node_backward(n, g, grads, true);
+}
+
+/* Records out's node, then hands mean/rstd to the caller (or drops them). */
+static dr_status norm_finish(dr_status st, const char *op, dr_backward_fn fn, const dr_tensor *x,
+                             const dr_tensor *weight, const dr_tensor *bias, int64_t param,
+                             const int64_t *shape, int32_t nshape, dr_tensor **out,
+                             dr_tensor *m, dr_tensor *r, dr_tensor **mean, dr_tensor **rstd) {
+    dr_node *node = NULL;
+    if (st == DR_OK) {
+        const dr_tensor *inputs[3] = {x, NULL, NULL};
+        int32_t n = 1;
+        if (weight) inputs[n++] = weight;
+        if (bias) inputs[n++] = bias;
+        st = dr_autograd_record(*out, op, fn, inputs, n, &node);
+    }
+    if (st == DR_OK && node) {
+        node->ints[0] = weight != NULL;
+        node->ints[1] = bias != NULL;
+        node->ints[2] = param;
+        for (int32_t i = 0; i < nshape; i++) node->ints[3 + i] = shape[i];
+        st = dr_autograd_save(node, 0, x);
+        if (st == DR_OK && weight) st = dr_autograd_save(node, 1, weight);
+        if (st == DR_OK) st = dr_autograd_save(node, 2, m);
+        if (st == DR_OK) st = dr_autograd_save(node, 3, r);
+    }
+    if (st != DR_OK) {
+        dr_tensor_release(*out);
+        *out = NULL;
+    }
+    if (st == DR_OK && mean) *mean = m;
+    else dr_tensor_release(m);
+    if (st == DR_OK && rstd) *rstd = r;
+    else dr_tensor_release(r);
+    return st;
+}
+
 dr_status dr_layer_norm(const dr_tensor *x, const int64_t *normalized_shape, int32_t nnorm,
                         const dr_tensor *weight, const dr_tensor *bias, double eps,
                         dr_tensor **out, dr_tensor **mean, dr_tensor **rstd) {
@@ -107,6 +166,7 @@ dr_status dr_layer_norm(const dr_tensor *x, const int64_t *normalized_shape, int
     int64_t stat_sizes[DR_MAX_DIMS];
     for (int32_t d = 0; d < x->ndim; d++) stat_sizes[d] = d < x->ndim - nnorm ? x->sizes[d] : 1;
     dr_tensor *fx = NULL, *fw = NULL, *fb = NULL, *res = NULL, *m = NULL, *r = NULL;
+    bool grad = dr_grad_pause();
     dr_status st = dr_nn_stage(x, true, &fx);
     if (st == DR_OK) st = dr_nn_stage(weight, true, &fw);
     if (st == DR_OK) st = dr_nn_stage(bias, true, &fb);
@@ -117,11 +177,10 @@ dr_status dr_layer_norm(const dr_tensor *x, const int64_t *normalized_shape, int
     dr_tensor_release(fx);
     dr_tensor_release(fw);
     dr_tensor_release(fb);
-    dr_nn_finish(st, m, DR_F32, mean);
-    dr_nn_finish(st, r, DR_F32, rstd);
     st = dr_nn_finish(st, res, x->scalar_type, out);
-    if (st != DR_OK) clear(mean, rstd, NULL);
-    return st;
+    dr_grad_resume(grad);
+    return norm_finish(st, op, layer_norm_node_backward, x, weight, bias, nnorm, normalized_shape,
+                       nnorm, out, m, r, mean, rstd);
 }
 
 /* The three gradients of a norm backward, cast to their dtypes. */
@@ -226,6 +285,7 @@ dr_status dr_group_norm(const dr_tensor *x, int64_t num_groups, const dr_tensor 
 
     int64_t stat_sizes[2] = {g.n, num_groups};
     dr_tensor *fx = NULL, *fw = NULL, *fb = NULL, *res = NULL, *m = NULL, *r = NULL;
+    bool grad = dr_grad_pause();
     dr_status st = dr_nn_stage(x, true, &fx);
     if (st == DR_OK) st = dr_nn_stage(weight, true, &fw);
     if (st == DR_OK) st = dr_nn_stage(bias, true, &fb);
@@ -236,11 +296,10 @@ dr_status dr_group_norm(const dr_tensor *x, int64_t num_groups, const dr_tensor 
     dr_tensor_release(fx);
     dr_tensor_release(fw);
     dr_tensor_release(fb);
-    dr_nn_finish(st, m, DR_F32, mean);
-    dr_nn_finish(st, r, DR_F32, rstd);
     st = dr_nn_finish(st, res, x->scalar_type, out);
-    if (st != DR_OK) clear(mean, rstd, NULL);
-    return st;
+    dr_grad_resume(grad);
+    return norm_finish(st, op, group_norm_node_backward, x, weight, bias, num_groups, NULL, 0,
+                       out, m, r, mean, rstd);
 }
 
 dr_status dr_group_norm_backward(const dr_tensor *grad_out, const dr_tensor *x,

@@ -11,14 +11,15 @@
  * f16/bf16 compute in f32 and round the results once. */
 #include "../tensor/tensor_internal.h"
 #include "../backend/backend.h"
+#include "../autograd/autograd.h"
 #include "conv_common.h"
 
 static dr_status check_image(const dr_tensor *t, const char *op, const char *what) {
-    DR_TRY(dr_check_tensor(t, op, what));
+    DR_TRY(dr_nn_check_float(t, op, what));
     if (t->ndim != 4)
         return dr_fail(DR_ERR_SHAPE, "%s: expected a 4-D %s [N, C, H, W], got %s", op, what,
                        dr_shape_str(t));
-    return conv_check_float(t, op, what);
+    return DR_OK;
 }
 
 static dr_status check_scales(int64_t sh, int64_t sw, const char *op) {
@@ -46,7 +47,7 @@ static dr_status resample(const dr_backend *be, resample_kind kind, const dr_ten
                           const int64_t *out_sizes, const int64_t *p, const char *op,
                           dr_tensor **out) {
     dr_tensor *x = NULL, *res = NULL;
-    dr_status st = conv_f32_contiguous(in, &x);
+    dr_status st = dr_nn_stage(in, true, &x);
     if (st == DR_OK) st = dr_tensor_new(out_sizes, 4, DR_F32, in->device, op, &res);
     if (st == DR_OK) {
         switch (kind) {
@@ -56,17 +57,38 @@ static dr_status resample(const dr_backend *be, resample_kind kind, const dr_ten
         case POOL_BACKWARD: st = be->avg_pool2d_backward(res, x, p, p + 2, p + 4); break;
         }
     }
-    if (st == DR_OK) st = conv_cast_result(&res, in->scalar_type);
     dr_tensor_release(x);
-    if (st != DR_OK) {
-        dr_tensor_release(res);
-        return st;
-    }
-    *out = res;
-    return DR_OK;
+    return dr_nn_finish(st, res, in->scalar_type, out);
 }
 
 /* ---- nearest upsampling ------------------------------------------------------------ */
+
+/* The tape. upsample: ints = scale_h, scale_w. avg_pool2d: saved input;
+ * ints = kernel(2), stride(2), padding(2). */
+static dr_status upsample_node_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return dr_upsample_nearest2d_backward(g, n->ints[0], n->ints[1], &grads[0]);
+}
+
+static dr_status avg_pool_node_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    const dr_tensor *x;
+    DR_TRY(dr_autograd_saved(n, 0, &x));
+    return dr_avg_pool2d_backward(g, x, n->ints, n->ints + 2, n->ints + 4, &grads[0]);
+}
+
+/* Puts *out (made by resample from input) on the tape; on failure releases it. */
+static dr_status resample_record(dr_status st, const dr_tensor *input, const char *op,
+                                 dr_backward_fn fn, const int64_t *params, int nparams,
+                                 bool save_input, dr_tensor **out) {
+    dr_node *node = NULL;
+    if (st == DR_OK) st = dr_autograd_record(*out, op, fn, &input, 1, &node);
+    for (int i = 0; node && i < nparams; i++) node->ints[i] = params[i];
+    if (st == DR_OK && node && save_input) st = dr_autograd_save(node, 0, input);
+    if (st != DR_OK && *out) {
+        dr_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
+}
 
 dr_status dr_upsample_nearest2d(const dr_tensor *input, int64_t scale_h, int64_t scale_w,
                                 dr_tensor **out) {
@@ -84,7 +106,10 @@ dr_status dr_upsample_nearest2d(const dr_tensor *input, int64_t scale_h, int64_t
     }
     const dr_backend *be;
     RESAMPLE_BACKEND(input, upsample_nearest2d, op, be);
-    return resample(be, UPSAMPLE, input, sizes, scale, op, out);
+    bool grad = dr_grad_pause();
+    dr_status st = resample(be, UPSAMPLE, input, sizes, scale, op, out);
+    dr_grad_resume(grad);
+    return resample_record(st, input, op, upsample_node_backward, scale, 2, false, out);
 }
 
 dr_status dr_upsample_nearest2d_backward(const dr_tensor *grad_out, int64_t scale_h,
@@ -138,7 +163,10 @@ dr_status dr_avg_pool2d(const dr_tensor *input, const int64_t *kernel, const int
     int64_t params[6] = {kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1]};
     const dr_backend *be;
     RESAMPLE_BACKEND(input, avg_pool2d, op, be);
-    return resample(be, POOL, input, out_sizes, params, op, out);
+    bool grad = dr_grad_pause();
+    dr_status st = resample(be, POOL, input, out_sizes, params, op, out);
+    dr_grad_resume(grad);
+    return resample_record(st, input, op, avg_pool_node_backward, params, 6, true, out);
 }
 
 dr_status dr_avg_pool2d_backward(const dr_tensor *grad_out, const dr_tensor *input,

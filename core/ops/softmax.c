@@ -12,6 +12,17 @@
  * -1 from Lua, 0 or -1 in C). */
 #include "nn_f32.h"
 #include "../backend/backend.h"
+#include "../autograd/autograd.h"
+
+static dr_status backward(const dr_tensor *grad_out, const dr_tensor *y, int32_t dim, int log,
+                          dr_tensor **grad_x);
+
+/* The tape: saved[0] = y, ints = {dim, log}. */
+static dr_status softmax_node_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    const dr_tensor *y;
+    DR_TRY(dr_autograd_saved(n, 0, &y));
+    return backward(g, y, (int32_t)n->ints[0], (int)n->ints[1], &grads[0]);
+}
 
 static dr_status forward(const dr_tensor *x, int32_t dim, int log, dr_tensor **out) {
     const char *name = log ? "log_softmax" : "softmax";
@@ -24,11 +35,25 @@ static dr_status forward(const dr_tensor *x, int32_t dim, int log, dr_tensor **o
     DR_TRY(DR_KERNEL(be, softmax, name));
 
     dr_tensor *fx = NULL, *res = NULL;
+    bool grad = dr_grad_pause();
     dr_status st = dr_nn_stage(x, true, &fx);
     if (st == DR_OK) st = dr_tensor_new(x->sizes, x->ndim, DR_F32, x->device, name, &res);
     if (st == DR_OK) st = be->softmax(res, fx, d, log);
     dr_tensor_release(fx);
-    return dr_nn_finish(st, res, x->scalar_type, out);
+    st = dr_nn_finish(st, res, x->scalar_type, out);
+    dr_grad_resume(grad);
+    dr_node *node = NULL;
+    if (st == DR_OK) st = dr_autograd_record(*out, name, softmax_node_backward, &x, 1, &node);
+    if (st == DR_OK && node) {
+        node->ints[0] = d;
+        node->ints[1] = log;
+        st = dr_autograd_save(node, 0, *out);
+    }
+    if (st != DR_OK) {
+        dr_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
 static dr_status backward(const dr_tensor *grad_out, const dr_tensor *y, int32_t dim, int log,

@@ -27,6 +27,7 @@
 
 #include "nn_f32.h"
 #include "../backend/backend.h"
+#include "../autograd/autograd.h"
 
 static const char *const unary_names[DR_NUM_UNARY_OPS] = {
     "silu", "gelu", "gelu", "quick_gelu", "relu", "sigmoid", "tanh", "exp",
@@ -46,6 +47,29 @@ int dr_unary_backward_uses_output(int32_t op) {
     }
 }
 
+static dr_status backward(dr_unary_op op, const dr_tensor *grad_out, const dr_tensor *saved,
+                          const char *saved_name, double p0, double p1, dr_tensor **grad_x);
+
+/* The tape: ints[0] = op, reals = its parameters, saved[0] = x or y. */
+static dr_status unary_node_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    const dr_tensor *saved;
+    DR_TRY(dr_autograd_saved(n, 0, &saved));
+    dr_unary_op op = (dr_unary_op)n->ints[0];
+    int uses_y = dr_unary_backward_uses_output(op);
+    return backward(op, g, saved, uses_y ? "output" : "input", n->reals[0], n->reals[1],
+                    &grads[0]);
+}
+
+static dr_status record(dr_unary_op op, const dr_tensor *x, double p0, double p1, dr_tensor *y) {
+    dr_node *node;
+    DR_TRY(dr_autograd_record(y, unary_names[op], unary_node_backward, &x, 1, &node));
+    if (!node) return DR_OK;
+    node->ints[0] = op;
+    node->reals[0] = p0;
+    node->reals[1] = p1;
+    return dr_autograd_save(node, 0, dr_unary_backward_uses_output(op) ? y : x);
+}
+
 static dr_status forward(dr_unary_op op, const dr_tensor *x, double p0, double p1,
                          dr_tensor **out) {
     const char *name = unary_names[op];
@@ -56,11 +80,19 @@ static dr_status forward(dr_unary_op op, const dr_tensor *x, double p0, double p
     DR_TRY(DR_KERNEL(be, unary, name));
 
     dr_tensor *fx = NULL, *res = NULL;
+    bool grad = dr_grad_pause();
     dr_status st = dr_nn_stage(x, false, &fx);
     if (st == DR_OK) st = dr_tensor_new(x->sizes, x->ndim, DR_F32, x->device, name, &res);
     if (st == DR_OK) st = be->unary(op, res, fx, p0, p1);
     dr_tensor_release(fx);
-    return dr_nn_finish(st, res, x->scalar_type, out);
+    st = dr_nn_finish(st, res, x->scalar_type, out);
+    dr_grad_resume(grad);
+    if (st == DR_OK) st = record(op, x, p0, p1, *out);
+    if (st != DR_OK) {
+        dr_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
 static dr_status backward(dr_unary_op op, const dr_tensor *grad_out, const dr_tensor *saved,
@@ -112,7 +144,9 @@ dr_status dr_unary_backward(int32_t op, const dr_tensor *grad_out, const dr_tens
                     grad_x);
 }
 
-dr_status dr_silu(const dr_tensor *x, dr_tensor **out) { return forward(DR_UNARY_SILU, x, 0, 0, out); }
+dr_status dr_silu(const dr_tensor *x, dr_tensor **out) {
+    return forward(DR_UNARY_SILU, x, 0, 0, out);
+}
 dr_status dr_gelu(const dr_tensor *x, int32_t approximate, dr_tensor **out) {
     if (approximate != 0 && approximate != 1) {
         if (out) *out = NULL;
@@ -124,19 +158,33 @@ dr_status dr_gelu(const dr_tensor *x, int32_t approximate, dr_tensor **out) {
 dr_status dr_quick_gelu(const dr_tensor *x, dr_tensor **out) {
     return forward(DR_UNARY_QUICK_GELU, x, 0, 0, out);
 }
-dr_status dr_relu(const dr_tensor *x, dr_tensor **out) { return forward(DR_UNARY_RELU, x, 0, 0, out); }
+dr_status dr_relu(const dr_tensor *x, dr_tensor **out) {
+    return forward(DR_UNARY_RELU, x, 0, 0, out);
+}
 dr_status dr_sigmoid(const dr_tensor *x, dr_tensor **out) {
     return forward(DR_UNARY_SIGMOID, x, 0, 0, out);
 }
-dr_status dr_tanh(const dr_tensor *x, dr_tensor **out) { return forward(DR_UNARY_TANH, x, 0, 0, out); }
-dr_status dr_exp(const dr_tensor *x, dr_tensor **out) { return forward(DR_UNARY_EXP, x, 0, 0, out); }
-dr_status dr_log(const dr_tensor *x, dr_tensor **out) { return forward(DR_UNARY_LOG, x, 0, 0, out); }
-dr_status dr_sqrt(const dr_tensor *x, dr_tensor **out) { return forward(DR_UNARY_SQRT, x, 0, 0, out); }
+dr_status dr_tanh(const dr_tensor *x, dr_tensor **out) {
+    return forward(DR_UNARY_TANH, x, 0, 0, out);
+}
+dr_status dr_exp(const dr_tensor *x, dr_tensor **out) {
+    return forward(DR_UNARY_EXP, x, 0, 0, out);
+}
+dr_status dr_log(const dr_tensor *x, dr_tensor **out) {
+    return forward(DR_UNARY_LOG, x, 0, 0, out);
+}
+dr_status dr_sqrt(const dr_tensor *x, dr_tensor **out) {
+    return forward(DR_UNARY_SQRT, x, 0, 0, out);
+}
 dr_status dr_rsqrt(const dr_tensor *x, dr_tensor **out) {
     return forward(DR_UNARY_RSQRT, x, 0, 0, out);
 }
-dr_status dr_abs(const dr_tensor *x, dr_tensor **out) { return forward(DR_UNARY_ABS, x, 0, 0, out); }
-dr_status dr_neg(const dr_tensor *x, dr_tensor **out) { return forward(DR_UNARY_NEG, x, 0, 0, out); }
+dr_status dr_abs(const dr_tensor *x, dr_tensor **out) {
+    return forward(DR_UNARY_ABS, x, 0, 0, out);
+}
+dr_status dr_neg(const dr_tensor *x, dr_tensor **out) {
+    return forward(DR_UNARY_NEG, x, 0, 0, out);
+}
 
 dr_status dr_pow_scalar(const dr_tensor *x, double exponent, dr_tensor **out) {
     return forward(DR_UNARY_POW, x, exponent, 0, out);

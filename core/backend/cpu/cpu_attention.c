@@ -1,8 +1,8 @@
 /* Scaled dot product attention on the CPU, flash-attention style: the [Lq, Lk]
- * score matrix is never held. Each work item owns a tile of query rows (forward,
- * dQ) or key rows (dK, dV) and streams the other side through one score tile
- * per thread: at most FWD_BK x FWD_BQ floats in the forward, two BWD tiles in the
- * backward, plus the item's own rows transposed.
+ * score matrix is never held. Work items stream one side through score tiles of
+ * at most FWD_BK x FWD_BQ floats (forward) or two of BWD_BQ x BWD_BK (backward)
+ * per thread; the backward also keeps D and a transposed copy of k and v (as big
+ * as k and v themselves).
  *
  * Forward (Dao et al. 2022, online softmax), per query tile Q_i and key tile K_j:
  *   S = scale Q_i K_j^T (+ mask);  m' = max(m, rowmax S);  P = exp(S - m')
@@ -13,27 +13,32 @@
  * recomputed from q, k and L:  P = exp(S - L),  dP = dO V^T,  dS = P (dP - D),
  *   dV = P^T dO,  dK = scale dS^T Q,  dQ = scale dS K.
  *
- * Layout: a query-tile item holds its tile transposed, S^T [keys][queries], so
- * the softmax statistics of each query run along contiguous vectors (no
- * horizontal reductions) and Q_i^T is packed once per item; a key-tile item holds
- * S [queries][keys] with K_j^T and V_j^T packed once. Every product is one
- * register-blocked kernel (tile_mm: 6 rows x 16 columns, broadcast-FMA) that
- * reads the unpacked operand with any strides, so P and dS feed the next product
- * in place.
+ * Layout: the forward holds a query tile's scores transposed, S^T [keys][queries],
+ * so each query's softmax statistics run along contiguous vectors (no horizontal
+ * reductions), with scale Q_i^T packed once per item. The backward holds S
+ * [queries][keys] against K^T and V^T packed per key tile. Every product is one
+ * register-blocked kernel (tile_mm: 6 rows x 16 columns of broadcast-FMA) that
+ * reads its left operand with any strides, so P and dS feed the next product in
+ * place, transposed or not.
  *
- * Determinism: no float atomics and no reductions split across threads. Pass 1
- * gives each (batch, key tile) its rows of dK and dV, looping over the query
- * tiles in order; pass 2 gives each (batch, query tile) its rows of dQ. Tile sizes
- * depend on the shapes only, so every value is computed by the same sequence of
- * operations whatever the thread count. (The AVX2+FMA and generic builds of the
- * kernels round differently; a machine always picks the same one.) */
+ * Determinism: no float atomics, no sums split across threads. The backward
+ * either sweeps each batch entry on one thread (FlashAttention-2's loop, 5 tile
+ * products per tile pair) or, when that would leave threads idle, runs two
+ * passes: one (batch, key tile) per item for its rows of dK and dV, then one
+ * (batch, query tile) per item for its rows of dQ (7 products). Both compute
+ * every tile and every sum with the same calls in the same order, so they give
+ * the same bits and the choice may follow the thread count; tile sizes follow
+ * the shapes only. (The AVX2+FMA and generic builds of the kernels round
+ * differently; a machine always picks the same one.) */
+#include <omp.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu_internal.h"
 #include "cpu_vecmath.h"
 
-enum { FWD_BQ = 64, FWD_BK = 256, BWD_BQ = 64, BWD_BK = 64 };
+enum { FWD_BQ = 64, FWD_BK = 256, BWD_BQ = 64, BWD_BK = 128 };
 
 static int64_t round8(int64_t n) { return (n + 7) / 8 * 8; }
 
@@ -58,39 +63,38 @@ typedef float v8fu __attribute__((vector_size(32), aligned(4), may_alias));
 #define store8(p, v) (*(v8fu *)(p) = (v))
 
 /* c[r][0 : 8 nv] (+)= sum_k a[r ars + k acs] b[k ldb + 0 : 8 nv] for r < mr: the
- * register block, mr x nv vectors of accumulators. */
+ * register block of mr x nv vectors (at most 12 accumulators of 16 registers). */
 TILE_INLINE void tile_block(const int mr, const int nv, int64_t kd, const float *a, int64_t ars,
                             int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc,
                             int accumulate) {
-    v8f c0[6], c1[6];
-    for (int r = 0; r < mr; r++) {
-        c0[r] = c1[r] = (v8f){0};
-        if (accumulate) c0[r] = load8(c + r * ldc);
-        if (accumulate && nv > 1) c1[r] = load8(c + r * ldc + 8);
-    }
+    v8f acc[3][6];
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++) {
+            acc[v][r] = (v8f){0};
+            if (accumulate) acc[v][r] = load8(c + r * ldc + 8 * v);
+        }
     for (int64_t k = 0; k < kd; k++) {
         const float *bk = b + k * ldb, *ak = a + k * acs;
-        v8f b0 = load8(bk), b1 = b0;
-        if (nv > 1) b1 = load8(bk + 8);
+        v8f bv[3];
+        for (int v = 0; v < nv; v++) bv[v] = load8(bk + 8 * v);
         for (int r = 0; r < mr; r++) {
             float x = ak[r * ars];
             v8f ar = {x, x, x, x, x, x, x, x};
-            c0[r] += ar * b0;
-            if (nv > 1) c1[r] += ar * b1;
+            for (int v = 0; v < nv; v++) acc[v][r] += ar * bv[v];
         }
     }
-    for (int r = 0; r < mr; r++) {
-        store8(c + r * ldc, c0[r]);
-        if (nv > 1) store8(c + r * ldc + 8, c1[r]);
-    }
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++) store8(c + r * ldc + 8 * v, acc[v][r]);
 }
 
+/* All m rows of one strip of 8 nv columns: blocks of 6 rows (4 when 3 wide). */
 TILE_INLINE void tile_rows(const int nv, int64_t m, int64_t kd, const float *a, int64_t ars,
                            int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc,
                            int accumulate) {
+    const int mr = nv == 3 ? 4 : 6;
     int64_t r = 0;
-    for (; r + 6 <= m; r += 6)
-        tile_block(6, nv, kd, a + r * ars, ars, acs, b, ldb, c + r * ldc, ldc, accumulate);
+    for (; r + mr <= m; r += mr)
+        tile_block(mr, nv, kd, a + r * ars, ars, acs, b, ldb, c + r * ldc, ldc, accumulate);
     const float *ar = a + r * ars;
     float *cr = c + r * ldc;
     switch (m - r) {
@@ -104,15 +108,18 @@ TILE_INLINE void tile_rows(const int nv, int64_t m, int64_t kd, const float *a, 
 }
 
 /* C (m x n, row stride ldc) (+)= A B, A element (r, k) at a[r ars + k acs], B
- * row-major (k x n, row stride ldb). Columns past the last multiple of 8 take a
- * scalar loop (only odd head dims reach it). */
+ * row-major (k x n, row stride ldb). Strips of 16 columns, the last 24 as one
+ * strip when n is an odd multiple of 8 (head dims 40, 24); columns past the last
+ * multiple of 8 take a scalar loop (only odd head dims reach it). */
 TILE_INLINE void tile_mm_body(int64_t m, int64_t n, int64_t kd, const float *a, int64_t ars,
                               int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc,
                               int accumulate) {
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) tile_rows(2, m, kd, a, ars, acs, b + j, ldb, c + j, ldc, accumulate);
-    for (; j + 8 <= n; j += 8) tile_rows(1, m, kd, a, ars, acs, b + j, ldb, c + j, ldc, accumulate);
-    for (; j < n; j++)
+    int64_t j = 0, n8 = n / 8 * 8;
+    for (; j + 16 <= n8 && n8 - j != 24; j += 16)
+        tile_rows(2, m, kd, a, ars, acs, b + j, ldb, c + j, ldc, accumulate);
+    if (n8 - j == 24) tile_rows(3, m, kd, a, ars, acs, b + j, ldb, c + j, ldc, accumulate);
+    else if (n8 - j == 8) tile_rows(1, m, kd, a, ars, acs, b + j, ldb, c + j, ldc, accumulate);
+    for (j = n8; j < n; j++)
         for (int64_t r = 0; r < m; r++) {
             float s = accumulate ? c[r * ldc + j] : 0.0f;
             for (int64_t k = 0; k < kd; k++) s += a[r * ars + k * acs] * b[k * ldb + j];
@@ -152,34 +159,20 @@ static void col_max(float *restrict mx, const float *restrict s, int64_t ld, int
         for (int64_t i = 0; i < n; i++) mx[i] = max_nan(mx[i], s[j * ld + i]);
 }
 
-/* s[j][i] = exp(s[j][i] - shift[i]); sum[i] = sum over j (NULL: not wanted). */
+/* s[j][i] = exp(s[j][i] - shift[i]); sum[i] = sum over j, in order. */
 DR_CPU_CLONES
-static void col_exp(float *restrict s, int64_t ld, int64_t kn, int64_t n,
-                    const float *restrict shift, float *restrict sum) {
-    if (sum)
-        for (int64_t i = 0; i < n; i++) sum[i] = 0.0f;
-    for (int64_t j = 0; j < kn; j++) {
-        float *row = s + j * ld;
-        if (sum)
-            for (int64_t i = 0; i < n; i++) {
-                float e = dr_vexpf(row[i] - shift[i]);
-                row[i] = e;
-                sum[i] += e;
-            }
-        else
-            for (int64_t i = 0; i < n; i++) row[i] = dr_vexpf(row[i] - shift[i]);
-    }
-}
-
-/* dp[j][i] = p[j][i] (dp[j][i] - d[i]): dS from dP, along columns. */
-DR_CPU_CLONES
-static void col_dsoftmax(float *restrict dp, const float *restrict p, int64_t ld, int64_t kn,
-                         int64_t n, const float *restrict d) {
+static void col_exp_sum(float *restrict s, int64_t ld, int64_t kn, int64_t n,
+                        const float *restrict shift, float *restrict sum) {
+    for (int64_t i = 0; i < n; i++) sum[i] = 0.0f;
     for (int64_t j = 0; j < kn; j++)
-        for (int64_t i = 0; i < n; i++) dp[j * ld + i] = p[j * ld + i] * (dp[j * ld + i] - d[i]);
+        for (int64_t i = 0; i < n; i++) {
+            float e = dr_vexpf(s[j * ld + i] - shift[i]);
+            s[j * ld + i] = e;
+            sum[i] += e;
+        }
 }
 
-/* The same along rows: s[r][j] = exp(s[r][j] - shift[r]);  dp = p (dp - d[r]). */
+/* Along rows: s[r][j] = exp(s[r][j] - shift[r]);  dS = dp = p (dp - d[r]). */
 DR_CPU_CLONES
 static void row_exp(float *restrict s, int64_t ld, int64_t rows, int64_t n,
                     const float *restrict shift) {
@@ -200,8 +193,8 @@ static void scale_floats(float *x, int64_t n, float s) {
 
 /* ---- operands ----------------------------------------------------------------------- */
 
-/* A tensor seen by the kernels: element (batch b, row r, col c), last dim stride 1
- * and a row stride >= the row length (ops/attention.c guarantees both). */
+/* A tensor seen by the kernels: element (batch b, row r, col c) with the last dim
+ * of stride 1 (ops/attention.c sees to it); batch and row strides are free. */
 typedef struct operand {
     const float *data;
     const dr_tensor *t;
@@ -312,7 +305,7 @@ static void forward_tile(const geometry *g, const operand *q, const operand *k, 
             w->corr[i] = mnew == -INFINITY ? 1.0f : dr_vexpf(w->m[i] - mnew);
             w->m[i] = mnew;
         }
-        col_exp(w->st, w8, kn, w8, w->shift, w->lsum);
+        col_exp_sum(w->st, w8, kn, w8, w->shift, w->lsum);
         for (int64_t i = 0; i < w8; i++) w->l[i] = w->l[i] * w->corr[i] + w->lsum[i];
         for (int64_t i = 0; i < rows; i++)
             if (w->corr[i] != 1.0f) scale_floats(o + i * ev, ev, w->corr[i]);
@@ -379,71 +372,108 @@ typedef struct bwd_ctx {
     geometry g;
     operand q, k, v, dout;
     masking mk;
-    const float *lse, *dsum; /* [batch, Lq] */
-    int64_t bq, bk;
+    const float *lse, *dsum; /* [batch][Lq]; dsum: D = rowsum(dO * O) */
+    /* scale K^T and V^T per key tile, [batch][tile][E or Ev][bk], 0 past Lk: a tile's
+     * rows are contiguous (a whole-head row stride of 2^n floats would map every
+     * row to one cache set) */
+    const float *kt, *vt;
+    int64_t nkt, bq, bk;
 } bwd_ctx;
 
 /* exp() shift of query row i: L, or +inf for rows that attend nothing (P = 0). */
 static float lse_shift(float l) { return l == -INFINITY ? INFINITY : l; }
 
-/* Pass 1: rows k0 .. k0 + cols of dK and dV (batch b), over every query tile. */
-static void key_tile_grads(const bwd_ctx *c, int64_t b, int64_t k0, int64_t cols, float *dk,
-                           float *dv, float *buf) {
+/* P (in p) and, if ds, dS = P (dO V^T - D) for query rows i0 .. i0 + rows against
+ * the n keys from k0 (computed over round8(n) columns, row stride bk). Every path
+ * of the backward gets its tiles here, so they all hold the same bits. */
+static void tile_probs(const bwd_ctx *c, int64_t b, int64_t i0, int64_t rows, int64_t k0,
+                       int64_t n, float *p, float *ds, float *shift) {
     const geometry *g = &c->g;
-    int64_t w8 = round8(cols), bq = c->bq;
-    float *kt = buf, *vt = kt + g->e * w8, *p = vt + g->ev * w8, *dp = p + bq * w8;
-    float *shift = dp + bq * w8;
-    pack_transposed(kt, w8, rows_of(&c->k, b, k0), c->k.ld, cols, g->e, g->scale);
-    if (dk) pack_transposed(vt, w8, rows_of(&c->v, b, k0), c->v.ld, cols, g->ev, 1.0f);
+    int64_t ld = c->bk, n8 = round8(n), nreal = n8 < g->lk - k0 ? n8 : g->lk - k0;
+    int64_t tile = b * c->nkt + k0 / c->bk; /* k0 starts a key tile */
+    tile_mm(rows, n8, g->e, rows_of(&c->q, b, i0), c->q.ld, 1, c->kt + tile * g->e * ld, ld, p,
+            ld, 0);
+    mask_tile(&c->mk, b, p, ld, 1, rows, nreal, i0, k0);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t j = nreal; j < n8; j++) p[r * ld + j] = -INFINITY; /* past Lk */
+        shift[r] = lse_shift(c->lse[b * g->lq + i0 + r]);
+    }
+    row_exp(p, ld, rows, n8, shift);
+    if (!ds) return;
+    tile_mm(rows, n8, g->ev, rows_of(&c->dout, b, i0), c->dout.ld, 1,
+            c->vt + tile * g->ev * ld, ld, ds, ld, 0);
+    row_dsoftmax(ds, p, ld, rows, n8, c->dsum + b * g->lq + i0);
+}
+
+/* Keys of tile k0 (cols of them) that query rows i0 .. i0 + rows attend: all of
+ * them, or under the causal mask those before i0 + rows (<= 0: none). */
+static int64_t keys_seen(const bwd_ctx *c, int64_t i0, int64_t rows, int64_t k0, int64_t cols) {
+    return c->mk.causal && i0 + rows - k0 < cols ? i0 + rows - k0 : cols;
+}
+
+typedef struct grad_rows {
+    float *dq, *dk, *dv; /* contiguous [batch][L][E or Ev], or NULL */
+} grad_rows;
+
+/* Pass 1: rows k0 .. k0 + cols of dK and dV, over the query tiles in order. */
+static void key_tile_grads(const bwd_ctx *c, int64_t b, int64_t k0, int64_t cols,
+                           const grad_rows *gr, float *p, float *ds, float *shift) {
+    const geometry *g = &c->g;
+    float *dk = gr->dk ? gr->dk + (b * g->lk + k0) * g->e : NULL;
+    float *dv = gr->dv ? gr->dv + (b * g->lk + k0) * g->ev : NULL;
     /* causal: query rows before k0 attend none of these keys */
-    for (int64_t i0 = c->mk.causal ? k0 / bq * bq : 0; i0 < g->lq; i0 += bq) {
-        int64_t rows = g->lq - i0 < bq ? g->lq - i0 : bq;
-        int64_t n = c->mk.causal && i0 + rows - k0 < cols ? i0 + rows - k0 : cols;
-        if (n <= 0) break; /* causal, and k0 is past the last query row */
-        int64_t n8 = round8(n), nreal = n8 < cols ? n8 : cols;
-        const float *qi = rows_of(&c->q, b, i0), *doi = rows_of(&c->dout, b, i0);
-        tile_mm(rows, n8, g->e, qi, c->q.ld, 1, kt, w8, p, w8, 0);
-        mask_tile(&c->mk, b, p, w8, 1, rows, nreal, i0, k0);
-        for (int64_t r = 0; r < rows; r++) {
-            for (int64_t j = nreal; j < n8; j++) p[r * w8 + j] = -INFINITY; /* padding */
-            shift[r] = lse_shift(c->lse[b * g->lq + i0 + r]);
-        }
-        row_exp(p, w8, rows, n8, shift);
-        if (dv) tile_mm(n, g->ev, rows, p, 1, w8, doi, c->dout.ld, dv, g->ev, 1);
-        if (dk) {
-            tile_mm(rows, n8, g->ev, doi, c->dout.ld, 1, vt, w8, dp, w8, 0);
-            row_dsoftmax(dp, p, w8, rows, n8, c->dsum + b * g->lq + i0);
-            tile_mm(n, g->e, rows, dp, 1, w8, qi, c->q.ld, dk, g->e, 1);
-        }
+    for (int64_t i0 = c->mk.causal ? k0 / c->bq * c->bq : 0; i0 < g->lq; i0 += c->bq) {
+        int64_t rows = g->lq - i0 < c->bq ? g->lq - i0 : c->bq;
+        int64_t n = keys_seen(c, i0, rows, k0, cols);
+        if (n <= 0) continue;
+        tile_probs(c, b, i0, rows, k0, n, p, dk ? ds : NULL, shift);
+        if (dv) tile_mm(n, g->ev, rows, p, 1, c->bk, rows_of(&c->dout, b, i0), c->dout.ld, dv,
+                        g->ev, 1);
+        if (dk) tile_mm(n, g->e, rows, ds, 1, c->bk, rows_of(&c->q, b, i0), c->q.ld, dk, g->e, 1);
     }
     if (dk) scale_floats(dk, cols * g->e, g->scale);
 }
 
-/* Pass 2: rows i0 .. i0 + rows of dQ (batch b), over every key tile; S^T layout. */
-static void query_tile_grads(const bwd_ctx *c, int64_t b, int64_t i0, int64_t rows, float *dq,
-                             float *buf) {
+/* Pass 2: rows i0 .. i0 + rows of dQ, over the key tiles in order. */
+static void query_tile_grads(const bwd_ctx *c, int64_t b, int64_t i0, int64_t rows,
+                             const grad_rows *gr, float *p, float *ds, float *shift) {
     const geometry *g = &c->g;
-    int64_t w8 = round8(rows), bk = c->bk;
-    float *qt = buf, *dot = qt + g->e * w8, *st = dot + g->ev * w8, *dpt = st + bk * w8;
-    float *shift = dpt + bk * w8, *d = shift + w8;
-    pack_transposed(qt, w8, rows_of(&c->q, b, i0), c->q.ld, rows, g->e, g->scale);
-    pack_transposed(dot, w8, rows_of(&c->dout, b, i0), c->dout.ld, rows, g->ev, 1.0f);
-    for (int64_t i = 0; i < w8; i++) {
-        shift[i] = i < rows ? lse_shift(c->lse[b * g->lq + i0 + i]) : INFINITY;
-        d[i] = i < rows ? c->dsum[b * g->lq + i0 + i] : 0.0f;
-    }
-    int64_t kend = c->mk.causal && i0 + rows < g->lk ? i0 + rows : g->lk;
-    for (int64_t k0 = 0; k0 < kend; k0 += bk) {
-        int64_t kn = kend - k0 < bk ? kend - k0 : bk;
-        const float *kj = rows_of(&c->k, b, k0);
-        tile_mm(kn, w8, g->e, kj, c->k.ld, 1, qt, w8, st, w8, 0);
-        mask_tile(&c->mk, b, st, 1, w8, rows, kn, i0, k0);
-        col_exp(st, w8, kn, w8, shift, NULL);
-        tile_mm(kn, w8, g->ev, rows_of(&c->v, b, k0), c->v.ld, 1, dot, w8, dpt, w8, 0);
-        col_dsoftmax(dpt, st, w8, kn, w8, d);
-        tile_mm(rows, g->e, kn, dpt, 1, w8, kj, c->k.ld, dq, g->e, 1);
+    float *dq = gr->dq + (b * g->lq + i0) * g->e;
+    for (int64_t k0 = 0; k0 < g->lk; k0 += c->bk) {
+        int64_t cols = g->lk - k0 < c->bk ? g->lk - k0 : c->bk;
+        int64_t n = keys_seen(c, i0, rows, k0, cols);
+        if (n <= 0) break;
+        tile_probs(c, b, i0, rows, k0, n, p, ds, shift);
+        tile_mm(rows, g->e, n, ds, c->bk, 1, rows_of(&c->k, b, k0), c->k.ld, dq, g->e, 1);
     }
     scale_floats(dq, rows * g->e, g->scale);
+}
+
+/* Both passes for one batch entry in one sweep (FlashAttention-2's loop: 5 tile
+ * products per tile instead of 7): the same tiles and sums in the same order as
+ * the two passes, so the same bits. */
+static void batch_grads(const bwd_ctx *c, int64_t b, const grad_rows *gr, float *p, float *ds,
+                        float *shift) {
+    const geometry *g = &c->g;
+    for (int64_t k0 = 0; k0 < g->lk; k0 += c->bk) {
+        int64_t cols = g->lk - k0 < c->bk ? g->lk - k0 : c->bk;
+        float *dk = gr->dk ? gr->dk + (b * g->lk + k0) * g->e : NULL;
+        float *dv = gr->dv ? gr->dv + (b * g->lk + k0) * g->ev : NULL;
+        for (int64_t i0 = c->mk.causal ? k0 / c->bq * c->bq : 0; i0 < g->lq; i0 += c->bq) {
+            int64_t rows = g->lq - i0 < c->bq ? g->lq - i0 : c->bq;
+            int64_t n = keys_seen(c, i0, rows, k0, cols);
+            if (n <= 0) continue;
+            tile_probs(c, b, i0, rows, k0, n, p, dk || gr->dq ? ds : NULL, shift);
+            if (dv) tile_mm(n, g->ev, rows, p, 1, c->bk, rows_of(&c->dout, b, i0), c->dout.ld,
+                            dv, g->ev, 1);
+            if (dk) tile_mm(n, g->e, rows, ds, 1, c->bk, rows_of(&c->q, b, i0), c->q.ld, dk,
+                            g->e, 1);
+            if (gr->dq) tile_mm(rows, g->e, n, ds, c->bk, 1, rows_of(&c->k, b, k0), c->k.ld,
+                                gr->dq + (b * g->lq + i0) * g->e, g->e, 1);
+        }
+        if (dk) scale_floats(dk, cols * g->e, g->scale);
+    }
+    if (gr->dq) scale_floats(gr->dq + b * g->lq * g->e, g->lq * g->e, g->scale);
 }
 
 dr_status dr_cpu_attention_backward(dr_tensor *grad_q, dr_tensor *grad_k, dr_tensor *grad_v,
@@ -452,73 +482,91 @@ dr_status dr_cpu_attention_backward(dr_tensor *grad_q, dr_tensor *grad_k, dr_ten
                                     const dr_tensor *mask, const dr_tensor *out,
                                     const dr_tensor *lse, int causal, double scale) {
     bwd_ctx c = {geometry_of(qt, kt, vt, scale), make_operand(qt), make_operand(kt),
-                 make_operand(vt), make_operand(grad_out), {mask, causal}, NULL, NULL, 0, 0};
+                 make_operand(vt), make_operand(grad_out), {mask, causal}, NULL, NULL, NULL,
+                 NULL, 0, 0, 0};
     const geometry *g = &c.g;
-    float *dq_all = grad_q ? (float *)dr_cpu_base(grad_q) + grad_q->storage_offset : NULL;
-    float *dk_all = grad_k ? (float *)dr_cpu_base(grad_k) + grad_k->storage_offset : NULL;
-    float *dv_all = grad_v ? (float *)dr_cpu_base(grad_v) + grad_v->storage_offset : NULL;
-    if (dq_all) memset(dq_all, 0, (size_t)(g->batch * g->lq * g->e) * sizeof(float));
-    if (dk_all) memset(dk_all, 0, (size_t)(g->batch * g->lk * g->e) * sizeof(float));
-    if (dv_all) memset(dv_all, 0, (size_t)(g->batch * g->lk * g->ev) * sizeof(float));
-    if (g->batch == 0 || g->lq == 0 || g->lk == 0) return DR_OK;
+    grad_rows gr = {grad_q ? (float *)dr_cpu_base(grad_q) + grad_q->storage_offset : NULL,
+                    grad_k ? (float *)dr_cpu_base(grad_k) + grad_k->storage_offset : NULL,
+                    grad_v ? (float *)dr_cpu_base(grad_v) + grad_v->storage_offset : NULL};
+    if (gr.dq) memset(gr.dq, 0, (size_t)(g->batch * g->lq * g->e) * sizeof(float));
+    if (gr.dk) memset(gr.dk, 0, (size_t)(g->batch * g->lk * g->e) * sizeof(float));
+    if (gr.dv) memset(gr.dv, 0, (size_t)(g->batch * g->lk * g->ev) * sizeof(float));
+    if (g->batch == 0 || g->lq == 0 || g->lk == 0 || !(gr.dq || gr.dk || gr.dv)) return DR_OK;
     operand o = make_operand(out);
     c.lse = (const float *)dr_cpu_base(lse) + lse->storage_offset;
     c.bq = tile_size(g->lq, BWD_BQ);
     c.bk = tile_size(g->lk, BWD_BK);
     int64_t nqt = (g->lq + c.bq - 1) / c.bq, nkt = (g->lk + c.bk - 1) / c.bk;
-    int64_t ed = g->e > g->ev ? g->e : g->ev;
-    size_t floats1 = (size_t)(2 * ed * c.bk + 2 * c.bq * c.bk + c.bq);
-    size_t floats2 = (size_t)(2 * ed * c.bq + 2 * c.bk * c.bq + 2 * c.bq);
-    size_t floats = floats1 > floats2 ? floats1 : floats2;
-    float *dsum = malloc((size_t)(g->batch * g->lq) * sizeof(float)); /* D = rowsum(dO * O) */
+    c.nkt = nkt;
+    /* shared: D, and K^T and V^T packed once (as big as k and v, not [Lq, Lk]) */
+    size_t shared = (size_t)(g->batch * (g->lq + (g->e + g->ev) * nkt * c.bk));
+    float *dsum = malloc(shared * sizeof(float));
     if (!dsum)
         return dr_fail(DR_ERR_OOM, "scaled_dot_product_attention_backward: cannot allocate "
-                       "%lld floats", (long long)(g->batch * g->lq));
+                       "%zu bytes", shared * sizeof(float));
     c.dsum = dsum;
+    c.kt = dsum + g->batch * g->lq;
+    c.vt = c.kt + g->batch * nkt * g->e * c.bk;
+    /* One sweep per batch entry does less work, two passes spread better over
+     * threads; both give the same bits, so the choice may follow the thread count. */
+    bool parallel = g->batch * g->lq * g->lk > DR_CPU_PARALLEL_MIN;
+    int64_t threads = parallel ? omp_get_max_threads() : 1;
+    int64_t rounds = (g->batch + threads - 1) / threads;
+    bool sweep = 5 * g->batch >= 4 * rounds * threads; /* at least 80% of threads busy */
+    size_t floats = (size_t)(2 * c.bq * c.bk + c.bq);
     int failed = 0;
-#pragma omp parallel if (g->batch * g->lq * g->lk > DR_CPU_PARALLEL_MIN)
+#pragma omp parallel if (parallel)
     {
 #pragma omp for schedule(static)
         for (int64_t row = 0; row < g->batch * g->lq; row++) {
-            const float *gr = rows_of(&c.dout, row / g->lq, row % g->lq);
+            const float *go = rows_of(&c.dout, row / g->lq, row % g->lq);
             const float *y = rows_of(&o, row / g->lq, row % g->lq);
             float acc[8] = {0};
             int64_t j = 0;
             for (; j + 8 <= g->ev; j += 8)
-                for (int t = 0; t < 8; t++) acc[t] += gr[j + t] * y[j + t];
-            for (; j < g->ev; j++) acc[0] += gr[j] * y[j];
+                for (int t = 0; t < 8; t++) acc[t] += go[j + t] * y[j + t];
+            for (; j < g->ev; j++) acc[0] += go[j] * y[j];
             dsum[row] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
                         ((acc[4] + acc[5]) + (acc[6] + acc[7]));
         }
-        float *buf = malloc(floats * sizeof(float));
-        if (dk_all || dv_all) {
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t item = 0; item < g->batch * nkt; item++) {
-                if (!buf) {
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < g->batch * nkt; item++) {
+            int64_t b = item / nkt, k0 = item % nkt * c.bk;
+            int64_t cols = g->lk - k0 < c.bk ? g->lk - k0 : c.bk;
+            pack_transposed((float *)c.kt + item * g->e * c.bk, c.bk, rows_of(&c.k, b, k0),
+                            c.k.ld, cols, g->e, g->scale);
+            pack_transposed((float *)c.vt + item * g->ev * c.bk, c.bk, rows_of(&c.v, b, k0),
+                            c.v.ld, cols, g->ev, 1.0f);
+        }
+        float *p = malloc(floats * sizeof(float));
+        float *ds = p ? p + c.bq * c.bk : NULL, *shift = p ? ds + c.bq * c.bk : NULL;
+        if (!p) {
 #pragma omp atomic write
-                    failed = 1;
-                    continue;
+            failed = 1;
+        }
+        if (sweep) {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t b = 0; b < g->batch; b++)
+                if (p) batch_grads(&c, b, &gr, p, ds, shift);
+        } else {
+            if (gr.dk || gr.dv) {
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t item = 0; item < g->batch * nkt; item++) {
+                    int64_t b = item / nkt, k0 = item % nkt * c.bk;
+                    int64_t cols = g->lk - k0 < c.bk ? g->lk - k0 : c.bk;
+                    if (p) key_tile_grads(&c, b, k0, cols, &gr, p, ds, shift);
                 }
-                int64_t b = item / nkt, k0 = item % nkt * c.bk;
-                int64_t cols = g->lk - k0 < c.bk ? g->lk - k0 : c.bk;
-                key_tile_grads(&c, b, k0, cols, dk_all ? dk_all + (b * g->lk + k0) * g->e : NULL,
-                               dv_all ? dv_all + (b * g->lk + k0) * g->ev : NULL, buf);
+            }
+            if (gr.dq) {
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t item = 0; item < g->batch * nqt; item++) {
+                    int64_t b = item / nqt, i0 = item % nqt * c.bq;
+                    int64_t rows = g->lq - i0 < c.bq ? g->lq - i0 : c.bq;
+                    if (p) query_tile_grads(&c, b, i0, rows, &gr, p, ds, shift);
+                }
             }
         }
-        if (dq_all) {
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t item = 0; item < g->batch * nqt; item++) {
-                if (!buf) {
-#pragma omp atomic write
-                    failed = 1;
-                    continue;
-                }
-                int64_t b = item / nqt, i0 = item % nqt * c.bq;
-                int64_t rows = g->lq - i0 < c.bq ? g->lq - i0 : c.bq;
-                query_tile_grads(&c, b, i0, rows, dq_all + (b * g->lq + i0) * g->e, buf);
-            }
-        }
-        free(buf);
+        free(p);
     }
     free(dsum);
     if (failed)

@@ -37,6 +37,7 @@ enum {
     ROWS_PER_TILE = 256,      /* K rows per input-channel tile */
     MIN_MTILE = 128,          /* output channels per tile, at least */
     MIN_UNITS = 8,            /* out-channel tiles are cut until there are this many units */
+    SERIAL_MACS = 1 << 16,    /* jobs this small run on the calling thread */
 };
 
 typedef struct conv_geom {
@@ -124,10 +125,10 @@ static void im2col(const conv_geom *g, const float *x, float *cols, int64_t c0, 
                 memset(d, 0, (size_t)g->wo * sizeof(float));
                 continue;
             }
-            const float *s = xc + iy * g->w + x0;
+            const float *s = xc + iy * g->w; /* s[x0 + ox sw], in range for ox in [lo, hi) */
             for (int64_t ox = 0; ox < lo; ox++) d[ox] = 0;
-            if (g->sw == 1) memcpy(d + lo, s + lo, (size_t)(hi - lo) * sizeof(float));
-            else for (int64_t ox = lo; ox < hi; ox++) d[ox] = s[ox * g->sw];
+            if (g->sw == 1) memcpy(d + lo, s + x0 + lo, (size_t)(hi - lo) * sizeof(float));
+            else for (int64_t ox = lo; ox < hi; ox++) d[ox] = s[x0 + ox * g->sw];
             for (int64_t ox = hi; ox < g->wo; ox++) d[ox] = 0;
         }
     }
@@ -146,10 +147,10 @@ static void col2im(const conv_geom *g, const float *cols, float *dx, int64_t c0,
         for (int64_t y = y0; y < y1; y++) {
             int64_t iy = y * g->sh - g->ph + i * g->dh;
             if (iy < 0 || iy >= g->h) continue;
-            float *d = dx + c * g->hw + iy * g->w + x0;
+            float *d = dx + c * g->hw + iy * g->w; /* d[x0 + ox sw] */
             const float *s = row + (y - y0) * g->wo;
-            if (g->sw == 1) for (int64_t ox = lo; ox < hi; ox++) d[ox] += s[ox];
-            else for (int64_t ox = lo; ox < hi; ox++) d[ox * g->sw] += s[ox];
+            if (g->sw == 1) for (int64_t ox = lo; ox < hi; ox++) d[x0 + ox] += s[ox];
+            else for (int64_t ox = lo; ox < hi; ox++) d[x0 + ox * g->sw] += s[ox];
         }
     }
 }
@@ -174,31 +175,37 @@ typedef void (*unit_fn)(const conv_job *job, int64_t unit, float *cols);
 
 /* Runs fn(job, u, cols) for every unit u, with `buf_floats` of private columns per
  * thread that runs any. The team always has every thread, idle or not: inside an
- * active parallel region OpenBLAS stays on one thread, outside it would not. The
- * buffers come from the CPU block cache, so a training step does not page-fault
+ * active parallel region OpenBLAS stays on one thread, outside it would not. Only
+ * when the whole job is below SERIAL_MACS multiply-adds, which OpenBLAS computes on
+ * one thread anyway (its SMP threshold), does it run here without waking the pool.
+ * The buffers come from the CPU block cache, so a training step does not page-fault
  * them in afresh. */
 static dr_status run_units(const conv_job *job, int64_t units, unit_fn fn, int64_t buf_floats,
-                           const char *op) {
-    int nt = omp_get_max_threads();
+                           int64_t macs, const char *op) {
+    int nt = macs <= SERIAL_MACS ? 1 : omp_get_max_threads();
     int64_t nbuf = nt < units ? nt : units;
     size_t per = (size_t)buf_floats, nbytes = (size_t)nbuf * per * sizeof(float);
     void *mem = NULL;
     if (nbytes > 0 && dr_cpu_alloc(0, nbytes, &mem) != DR_OK)
         return dr_fail(DR_ERR_OOM, "%s: cannot allocate %zu bytes of im2col columns", op, nbytes);
     float *buf = mem;
-    int next_slot = 0;
+    if (nt == 1) {
+        for (int64_t u = 0; u < units; u++) fn(job, u, buf);
+    } else {
+        int next_slot = 0;
 #pragma omp parallel num_threads(nt)
-    {
-        float *cols = NULL;
+        {
+            float *cols = NULL;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t u = 0; u < units; u++) {
-            if (buf && !cols) {
-                int slot;
+            for (int64_t u = 0; u < units; u++) {
+                if (buf && !cols) {
+                    int slot;
 #pragma omp atomic capture
-                slot = next_slot++;
-                cols = buf + (size_t)slot * per;
+                    slot = next_slot++;
+                    cols = buf + (size_t)slot * per;
+                }
+                fn(job, u, cols);
             }
-            fn(job, u, cols);
         }
     }
     if (mem) dr_cpu_dealloc(0, mem, nbytes);
@@ -253,7 +260,7 @@ dr_status dr_cpu_conv2d(dr_tensor *out, const dr_tensor *in, const dr_tensor *we
     job.y = dr_tensor_data(out);
     int64_t units = items * job.bands.count * job.mtiles.count;
     int64_t buf = g->direct ? 0 : g->k * job.bands.size * g->wo;
-    return run_units(&job, units, forward_unit, buf, "conv2d");
+    return run_units(&job, units, forward_unit, buf, g->n * g->o * g->howo * g->k, "conv2d");
 }
 
 /* ---- backward: input ---------------------------------------------------------------- */
@@ -302,7 +309,8 @@ dr_status dr_cpu_conv2d_backward_input(dr_tensor *grad_in, const dr_tensor *grad
     job.w = dr_tensor_data(weight);
     job.dx = dr_tensor_data(grad_in);
     int64_t buf = g->direct ? 0 : rows * job.bands.size * g->wo;
-    return run_units(&job, g->n * g->groups * job.ctiles.count, input_unit, buf, "conv2d");
+    return run_units(&job, g->n * g->groups * job.ctiles.count, input_unit, buf,
+                     g->n * g->o * g->howo * g->k, "conv2d");
 }
 
 /* ---- backward: weight and bias ------------------------------------------------------- */
@@ -372,5 +380,5 @@ dr_status dr_cpu_conv2d_backward_weight(dr_tensor *grad_weight, dr_tensor *grad_
     job.dw = dr_tensor_data(grad_weight);
     int64_t units = g->groups * job.ctiles.count * job.mtiles.count;
     int64_t buf = g->direct ? 0 : rows * job.bands.size * g->wo;
-    return run_units(&job, units, weight_unit, buf, "conv2d");
+    return run_units(&job, units, weight_unit, buf, g->n * g->o * g->howo * g->k, "conv2d");
 }

@@ -72,36 +72,39 @@ static void scale_shift(float *restrict o, const float *restrict x, int64_t n, f
     for (int64_t i = 0; i < n; i++) o[i] = x[i] * a + b;
 }
 
-/* Sums of g and g * x over n elements, g = dy * w (w NULL: g = dy), in float
- * inside a chunk and double across chunks. */
+/* Sums of g and g (x - mean) over n elements, g = dy * w (w NULL: g = dy), in
+ * float inside a chunk and double across chunks. Centring on the known mean
+ * (rather than sum(g x) - mean sum(g), torch's form) avoids cancellation when
+ * |mean| >> std. */
 DR_CPU_CLONES
 static void grad_sums_chunk(const float *restrict dy, const float *restrict w,
-                            const float *restrict x, int64_t n, float *sg, float *sgx) {
+                            const float *restrict x, int64_t n, float mean, float *sg,
+                            float *sgx) {
     float a = 0.0f, b = 0.0f;
     if (w) {
 #pragma omp simd reduction(+ : a, b)
         for (int64_t i = 0; i < n; i++) {
             float g = dy[i] * w[i];
             a += g;
-            b += g * x[i];
+            b += g * (x[i] - mean);
         }
     } else {
 #pragma omp simd reduction(+ : a, b)
         for (int64_t i = 0; i < n; i++) {
             a += dy[i];
-            b += dy[i] * x[i];
+            b += dy[i] * (x[i] - mean);
         }
     }
     *sg = a;
     *sgx = b;
 }
 
-static void grad_sums(const float *dy, const float *w, const float *x, int64_t n, double *sg,
-                      double *sgx) {
+static void grad_sums(const float *dy, const float *w, const float *x, int64_t n, float mean,
+                      double *sg, double *sgx) {
     double a = 0, b = 0;
     for (int64_t j = 0; j < n; j += CHUNK) {
         float ca, cb;
-        grad_sums_chunk(dy + j, w ? w + j : NULL, x + j, min64(CHUNK, n - j), &ca, &cb);
+        grad_sums_chunk(dy + j, w ? w + j : NULL, x + j, min64(CHUNK, n - j), mean, &ca, &cb);
         a += ca;
         b += cb;
     }
@@ -128,30 +131,58 @@ dr_status dr_cpu_layer_norm(dr_tensor *out, dr_tensor *mean, dr_tensor *rstd, co
     return DR_OK;
 }
 
-/* One row of dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy w,
- * xhat = (x - mean) rstd, using sum(g xhat) = rstd (sum(g x) - mean sum(g)). */
-DR_CPU_CLONES
-static void layer_norm_dx_row(float *restrict dx, const float *restrict dy,
-                              const float *restrict x, const float *restrict w, int64_t n,
-                              float mean, float rstd) {
-    double sg, sgx;
-    grad_sums(dy, w, x, n, &sg, &sgx);
-    float a = (float)(sg / (double)n);
-    float bq = (float)((sgx - (double)mean * sg) * rstd / (double)n);
-    if (w)
-        for (int64_t i = 0; i < n; i++)
-            dx[i] = rstd * (dy[i] * w[i] - a - (x[i] - mean) * rstd * bq);
-    else
-        for (int64_t i = 0; i < n; i++) dx[i] = rstd * (dy[i] - a - (x[i] - mean) * rstd * bq);
+/* One row of the backward in one pass after the sums:
+ *   dx = rstd (g - mean(g) - xhat mean(g xhat)),  g = dy w,  xhat = (x - mean) rstd
+ *   gw += dy xhat,  gb += dy   (this row's share of the parameter gradients).
+ * The flags are constants at each call site below, so every combination
+ * compiles to its own branch-free loop. */
+static inline __attribute__((always_inline)) void
+layer_norm_row_backward(float *restrict dx, float *restrict gw, float *restrict gb,
+                        const float *restrict dy, const float *restrict x,
+                        const float *restrict w, int64_t n, float mean, float rstd,
+                        const int has_w, const int want_dx, const int want_gw,
+                        const int want_gb) {
+    float a = 0.0f, bq = 0.0f;
+    if (want_dx) {
+        double sg, sgc;
+        grad_sums(dy, has_w ? w : NULL, x, n, mean, &sg, &sgc);
+        a = (float)(sg / (double)n);
+        bq = (float)(sgc * rstd / (double)n);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        float xhat = (x[i] - mean) * rstd;
+        if (want_dx) dx[i] = rstd * ((has_w ? dy[i] * w[i] : dy[i]) - a - xhat * bq);
+        if (want_gw) gw[i] += dy[i] * xhat;
+        if (want_gb) gb[i] += dy[i];
+    }
 }
 
+/* Rows [r0, r1) of the backward; gw/gb: this block's partial sums. */
 DR_CPU_CLONES
-static void accumulate_param_grads(float *restrict gw, float *restrict gb, const float *restrict dy,
-                                   const float *restrict x, int64_t n, float mean, float rstd) {
-    if (gw)
-        for (int64_t i = 0; i < n; i++) gw[i] += dy[i] * ((x[i] - mean) * rstd);
-    if (gb)
-        for (int64_t i = 0; i < n; i++) gb[i] += dy[i];
+static void layer_norm_rows_backward(float *dx, float *gw, float *gb, const float *dy,
+                                     const float *x, const float *w, const float *pm,
+                                     const float *pr, int64_t r0, int64_t r1, int64_t n) {
+    int has_w = w != NULL, mode = (dx != NULL) * 4 + (gw != NULL) * 2 + (gb != NULL);
+    for (int64_t r = r0; r < r1; r++) {
+        float *dxr = dx ? dx + r * n : NULL;
+        const float *dyr = dy + r * n, *xr = x + r * n;
+#define ROW(HW, DX, GW, GB) \
+    layer_norm_row_backward(dxr, gw, gb, dyr, xr, w, n, pm[r], pr[r], HW, DX, GW, GB)
+        if (has_w) {
+            switch (mode) {
+            case 7: ROW(1, 1, 1, 1); break;
+            case 4: ROW(1, 1, 0, 0); break;
+            default: ROW(1, dx != NULL, gw != NULL, gb != NULL); break;
+            }
+        } else {
+            switch (mode) {
+            case 7: ROW(0, 1, 1, 1); break;
+            case 4: ROW(0, 1, 0, 0); break;
+            default: ROW(0, dx != NULL, gw != NULL, gb != NULL); break;
+            }
+        }
+#undef ROW
+    }
 }
 
 dr_status dr_cpu_layer_norm_backward(dr_tensor *grad_in, dr_tensor *grad_weight,
@@ -177,11 +208,8 @@ dr_status dr_cpu_layer_norm_backward(dr_tensor *grad_in, dr_tensor *grad_weight,
 #pragma omp parallel for schedule(static) if (rows * cols > DR_CPU_PARALLEL_MIN)
     for (int64_t blk = 0; blk < nblocks; blk++) {
         float *gw = pgw ? pgw + blk * cols : NULL, *gb = pgb ? pgb + blk * cols : NULL;
-        for (int64_t r = blk * ROW_BLOCK; r < min64(rows, (blk + 1) * ROW_BLOCK); r++) {
-            const float *dyr = dy + r * cols, *xr = x + r * cols;
-            if (dx) layer_norm_dx_row(dx + r * cols, dyr, xr, w, cols, pm[r], pr[r]);
-            if (gw || gb) accumulate_param_grads(gw, gb, dyr, xr, cols, pm[r], pr[r]);
-        }
+        layer_norm_rows_backward(dx, gw, gb, dy, x, w, pm, pr, blk * ROW_BLOCK,
+                                 min64(rows, (blk + 1) * ROW_BLOCK), cols);
     }
     float *ow = grad_weight ? dr_tensor_data(grad_weight) : NULL;
     float *ob = grad_bias ? dr_tensor_data(grad_bias) : NULL;
@@ -224,16 +252,19 @@ dr_status dr_cpu_group_norm(dr_tensor *out, dr_tensor *mean, dr_tensor *rstd, co
     return DR_OK;
 }
 
-/* dx = dy rstd w + x c2 + c3 over one channel plane. */
+/* dx = dy a + (x - mean) c2 + c3 over one channel plane. */
 DR_CPU_CLONES
 static void group_norm_dx_plane(float *restrict dx, const float *restrict dy,
-                                const float *restrict x, int64_t n, float a, float c2, float c3) {
-    for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * a + x[i] * c2 + c3;
+                                const float *restrict x, int64_t n, float a, float mean,
+                                float c2, float c3) {
+    for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * a + (x[i] - mean) * c2 + c3;
 }
 
-/* As torch's GroupNormKernel backward: with ds = sum_hw dy x and db = sum_hw dy
- * per (n, c), and per group ds_g = sum_c ds w, db_g = sum_c db w, M = C/G HW:
- *   c2 = (db_g mean - ds_g) rstd^3 / M,   c3 = -c2 mean - db_g rstd / M. */
+/* torch's GroupNormKernel backward, centred on the mean: with ds = sum_hw dy
+ * (x - mean) and db = sum_hw dy per (n, c), per group ds_g = sum_c ds w and
+ * db_g = sum_c db w, and M = C/G HW:
+ *   dx = dy rstd w + (x - mean) c2 + c3,  c2 = -ds_g rstd^3 / M,  c3 = -db_g rstd / M
+ *   dw_c = sum_n ds rstd,  db_c = sum_n db. */
 dr_status dr_cpu_group_norm_backward(dr_tensor *grad_in, dr_tensor *grad_weight,
                                      dr_tensor *grad_bias, const dr_tensor *grad_out,
                                      const dr_tensor *in, const dr_tensor *mean,
@@ -257,19 +288,19 @@ dr_status dr_cpu_group_norm_backward(dr_tensor *grad_in, dr_tensor *grad_weight,
         double dsg = 0, dbg = 0;
         for (int64_t ci = 0; ci < per; ci++) {
             int64_t plane = task * per + ci;
-            grad_sums(dy + base + ci * hw, NULL, x + base + ci * hw, hw, &db[plane], &ds[plane]);
+            grad_sums(dy + base + ci * hw, NULL, x + base + ci * hw, hw, pm[task], &db[plane],
+                      &ds[plane]);
             double wc = w ? w[g * per + ci] : 1.0;
             dsg += ds[plane] * wc;
             dbg += db[plane] * wc;
         }
         if (!dx) continue;
-        double m = pm[task], r = pr[task], inv = 1.0 / (double)(slab > 0 ? slab : 1);
-        double c2 = (dbg * m - dsg) * r * r * r * inv;
-        double c3 = -c2 * m - dbg * r * inv;
+        double r = pr[task], inv = 1.0 / (double)(slab > 0 ? slab : 1);
+        float c2 = (float)(-dsg * r * r * r * inv), c3 = (float)(-dbg * r * inv);
         for (int64_t ci = 0; ci < per; ci++) {
             float a = (float)(r * (w ? w[g * per + ci] : 1.0f));
             group_norm_dx_plane(dx + base + ci * hw, dy + base + ci * hw, x + base + ci * hw, hw,
-                                a, (float)c2, (float)c3);
+                                a, pm[task], c2, c3);
         }
     }
     float *ow = grad_weight ? dr_tensor_data(grad_weight) : NULL;
@@ -279,7 +310,7 @@ dr_status dr_cpu_group_norm_backward(dr_tensor *grad_in, dr_tensor *grad_weight,
         double sw = 0, sb = 0;
         for (int64_t i = 0; i < n; i++) {
             int64_t plane = i * c + ch, task = i * groups + g;
-            sw += (ds[plane] - db[plane] * pm[task]) * pr[task];
+            sw += ds[plane] * pr[task];
             sb += db[plane];
         }
         if (ow) ow[ch] = (float)sw;

@@ -82,16 +82,13 @@ static inline float dr_vtanhf(float x) {
 static inline float dr_verfcf(float z) {
     float a = z < 0.0f ? -z : z;
     float t = 1.0f / (1.0f + 0.5f * a);
-    float p = 0.17087277f;
-    p = p * t - 0.82215223f;
-    p = p * t + 1.48851587f;
-    p = p * t - 1.13520398f;
-    p = p * t + 0.27886807f;
-    p = p * t - 0.18628806f;
-    p = p * t + 0.09678418f;
-    p = p * t + 0.37409196f;
-    p = p * t + 1.00002368f;
-    float r = t * dr_vexpf(p * t - 1.26551223f - a * a);
+    /* the degree-9 polynomial in Estrin's form: a shorter dependency chain */
+    float t2 = t * t, t4 = t2 * t2, t8 = t4 * t4;
+    float q0 = 1.00002368f * t - 1.26551223f, q1 = 0.09678418f * t + 0.37409196f;
+    float q2 = 0.27886807f * t - 0.18628806f, q3 = 1.48851587f * t - 1.13520398f;
+    float q4 = 0.17087277f * t - 0.82215223f;
+    float p = (q0 + q1 * t2) + (q2 + q3 * t2) * t4 + q4 * t8;
+    float r = t * dr_vexpf(p - a * a);
     return z < 0.0f ? 2.0f - r : r;
 }
 

@@ -31,8 +31,9 @@ local function optional(op, name, t)
   return tensor_arg(op, name, t).ptr
 end
 
+-- v, or `default` when v is nil (a default of 'nil' makes the argument required).
 local function number_arg(op, name, v, default)
-  if v == nil then return default end
+  if v == nil and default ~= 'nil' then return default end
   if type(v) ~= 'number' then
     raise(('%s: %s must be a number, got %s'):format(op, name, type(v)))
   end
@@ -90,8 +91,12 @@ function Tensor.clamp(t, min, max)
   max = number_arg('clamp', 'max', max, math.huge)
   return take(C.dr_clamp(tensor_arg('clamp', 'input', t).ptr, min, max, out_box))
 end
-function Tensor.clamp_min(t, min) return Tensor.clamp(t, number_arg('clamp_min', 'min', min), nil) end
-function Tensor.clamp_max(t, max) return Tensor.clamp(t, nil, number_arg('clamp_max', 'max', max)) end
+function Tensor.clamp_min(t, min)
+  return Tensor.clamp(t, number_arg('clamp_min', 'min', min, 'nil'), nil)
+end
+function Tensor.clamp_max(t, max)
+  return Tensor.clamp(t, nil, number_arg('clamp_max', 'max', max, 'nil'))
+end
 
 -- ---- softmax ----------------------------------------------------------------------
 
