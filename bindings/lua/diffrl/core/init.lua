@@ -20,6 +20,7 @@ for k, v in pairs(require 'diffrl.core.ops_conv') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.ops_nn') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.autograd') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.inplace') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.ops_compose') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.io') do M[k] = v end
 
 -- dtypes as torch spells them: dr.float32 == 'float32'
