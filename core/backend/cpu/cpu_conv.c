@@ -36,7 +36,7 @@ enum {
     FWD_BUF_FLOATS = 1 << 22, /* ... and the forward's, which holds all K rows */
     ROWS_PER_TILE = 256,      /* K rows per input-channel tile */
     MIN_MTILE = 128,          /* output channels per tile, at least */
-    MIN_UNITS = 8,            /* out-channel tiles are cut until there are this many units */
+    MIN_UNITS = 4,            /* out-channel tiles are cut until there are this many units */
     SERIAL_MACS = 1 << 16,    /* jobs this small run on the calling thread */
 };
 
