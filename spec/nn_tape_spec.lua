@@ -79,3 +79,19 @@ describe('composed functional ops #binding', function()
     assert.has_error(function() dr.bmm(rand(3, 4), rand(4, 2)) end)
   end)
 end)
+
+describe('thread-count independence #binding', function()
+  it('matmul gives the same bits on 1, 2 and 3 threads', function()
+    local before = dr.get_num_threads()
+    for _, s in ipairs { { 300, 700, 500 }, { 77, 1024, 96 }, { 5, 7, 9 } } do
+      local a, b = rand(s[1], s[2]), rand(s[2], s[3])
+      local results = {}
+      for t = 1, 3 do
+        dr.set_num_threads(t)
+        results[t] = a:matmul(b)
+      end
+      for t = 2, 3 do assert.are.equal(0, (results[1] - results[t]):abs():sum():item()) end
+    end
+    dr.set_num_threads(before)
+  end)
+end)

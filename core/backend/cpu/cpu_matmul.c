@@ -1,9 +1,8 @@
 /* Batched float32 GEMM on OpenBLAS: out[i] (m x n) = a[i] (m x k) @ b[i] (k x n).
  * Operands reach BLAS in place when a matrix is row- or column-major with a valid
  * leading dimension (a transposed view costs nothing); other layouts are packed
- * first. Many small matrices run one per thread with BLAS single-threaded
- * (OpenBLAS's OpenMP build does that inside a parallel region); a few big ones
- * let BLAS use every thread. */
+ * first. The work is split into shape-determined tiles, one single-threaded
+ * GEMM each, so results do not depend on the thread count. */
 #include <stdlib.h>
 #include <string.h>
 #include <cblas.h>
@@ -52,6 +51,14 @@ static dr_status prepare(const dr_tensor *t, gemm_operand *g) {
     return DR_OK;
 }
 
+enum { TILES = 8 };
+
+/* Tile extent for cutting a dim of size d into about `parts`: a multiple of 64. */
+static int64_t piece(int64_t d, int64_t parts) {
+    int64_t t = (d + parts - 1) / parts;
+    return (t + 63) / 64 * 64;
+}
+
 dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b) {
     int64_t batch = out->sizes[0], m = out->sizes[1], n = out->sizes[2], k = a->sizes[2];
     float *o = (float *)dr_cpu_base(out) + out->storage_offset;
@@ -67,15 +74,26 @@ dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b) 
         free(ga.packed);
         return st;
     }
-    int64_t ldc = n;
-    /* One GEMM per thread pays when each is small relative to the batch. */
-    bool per_thread = batch > 1 && m * n * k < (int64_t)1 << 21;
-#pragma omp parallel for schedule(static) if (per_thread)
-    for (int64_t i = 0; i < batch; i++) {
-        cblas_sgemm(CblasRowMajor, ga.trans, gb.trans, (blasint)m, (blasint)n, (blasint)k, 1.0f,
-                    ga.base + i * ga.batch_stride, (blasint)ga.ld,
-                    gb.base + i * gb.batch_stride, (blasint)gb.ld, 0.0f,
-                    o + i * m * n, (blasint)ldc);
+    /* Same bits for any thread count: the product is cut into tiles whose sizes
+     * depend only on the shapes (about 8 per matrix: rows first, columns when
+     * there are too few rows; multiples of 64), each one single-threaded GEMM
+     * (OpenBLAS's OpenMP build runs serially inside a parallel region).
+     * OpenBLAS's own threading, and any thread-dependent cut, changes the bits:
+     * its kernels differ with the sizes they are given. The cost is repacking B
+     * once per row tile, measurable on one thread (bench/README.md). */
+    int64_t tm = piece(m, TILES), pm0 = (m + tm - 1) / tm;
+    int64_t tn = pm0 >= TILES ? n : piece(n, (TILES + pm0 - 1) / pm0);
+    int64_t pm = (m + tm - 1) / tm, pn = (n + tn - 1) / tn, tasks = batch * pm * pn;
+    bool parallel = tasks > 1 && batch * m * n * k >= (int64_t)1 << 16;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t i = t / (pm * pn), r0 = (t / pn % pm) * tm, c0 = t % pn * tn;
+        int64_t rows = m - r0 < tm ? m - r0 : tm, cols = n - c0 < tn ? n - c0 : tn;
+        const float *pa = ga.base + i * ga.batch_stride + r0 * (ga.trans == CblasNoTrans ? ga.ld : 1);
+        const float *pb = gb.base + i * gb.batch_stride + c0 * (gb.trans == CblasNoTrans ? 1 : gb.ld);
+        cblas_sgemm(CblasRowMajor, ga.trans, gb.trans, (blasint)rows, (blasint)cols, (blasint)k,
+                    1.0f, pa, (blasint)ga.ld, pb, (blasint)gb.ld, 0.0f,
+                    o + i * m * n + r0 * n + c0, (blasint)n);
     }
     free(ga.packed);
     free(gb.packed);
