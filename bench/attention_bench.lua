@@ -7,17 +7,8 @@
 --
 --   build/diffrl run bench/attention_bench.lua [threads] [repeats]
 local dr = require 'diffrl'
-local ffi = require 'ffi'
 
-pcall(ffi.cdef, [[
-typedef struct { long tv_sec; long tv_nsec; } dr_bench_timespec;
-int clock_gettime(int clk_id, dr_bench_timespec *tp);
-]])
-local ts = ffi.new('dr_bench_timespec')
-local function now()
-  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
+local now = dofile((arg[0]:match('^(.*)/[^/]*$') or '.') .. '/clock.lua')
 
 local threads = tonumber(arg and arg[1]) or dr.get_num_threads()
 local repeats = tonumber(arg and arg[2]) or 5
