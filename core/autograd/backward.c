@@ -39,9 +39,18 @@ static dr_status accumulate(dr_tensor **acc, dr_tensor *g) {
 }
 
 /* A leaf's .grad must own its memory (optimizers update it in place), while a
- * gradient handed down may alias another tensor: the first one is copied. */
+ * gradient handed down may alias another tensor: the first one is copied. Later
+ * ones are added in place when they fit, so a .grad that is a view into an
+ * optimizer's flat gradient buffer stays one. */
 static dr_status accumulate_leaf(dr_tensor *leaf, dr_tensor *g) {
     dr_autograd_meta *m = leaf->autograd;
+    if (m->grad && m->grad->scalar_type == g->scalar_type && m->grad->ndim == g->ndim &&
+        memcmp(m->grad->sizes, g->sizes, sizeof(int64_t) * (size_t)g->ndim) == 0 &&
+        dr_tensor_is_contiguous(m->grad)) {
+        dr_status st = dr_add_(m->grad, g, 1.0);
+        dr_tensor_release(g);
+        return st;
+    }
     if (m->grad) return accumulate(&m->grad, g);
     dr_status st = dr_tensor_clone(g, &m->grad);
     dr_tensor_release(g);

@@ -168,6 +168,10 @@ dr_status dr_tensor_to_dtype(const dr_tensor *t, int32_t dtype, dr_tensor **out)
 /* dst[...] = src, broadcasting src to dst's shape and casting. */
 dr_status dr_tensor_copy_(dr_tensor *dst, const dr_tensor *src);
 dr_status dr_tensor_fill_(dr_tensor *t, double value);
+/* Moves t's data into base's storage at element `offset` (base contiguous, same
+ * dtype and device, room for t) and makes t a contiguous view there: how
+ * optimizers gather parameters into one flat buffer. Leaves only, no grad mode. */
+dr_status dr_tensor_rebind_(dr_tensor *t, dr_tensor *base, int64_t offset);
 
 /* ---- ops ---------------------------------------------------------------- */
 /* Broadcasting elementwise; result dtype follows torch's promotion rules.
@@ -176,6 +180,9 @@ dr_status dr_add(const dr_tensor *a, const dr_tensor *b, double alpha, dr_tensor
 dr_status dr_sub(const dr_tensor *a, const dr_tensor *b, double alpha, dr_tensor **out);
 dr_status dr_mul(const dr_tensor *a, const dr_tensor *b, dr_tensor **out);
 dr_status dr_div(const dr_tensor *a, const dr_tensor *b, dr_tensor **out);
+/* In place: self += alpha * other (other broadcast to self's shape, cast to its
+ * dtype). Refuses tensors in the autograd graph unless grad mode is off. */
+dr_status dr_add_(dr_tensor *self, const dr_tensor *other, double alpha);
 /* torch.matmul semantics: 1-D/2-D/batched with broadcast batch dims. */
 dr_status dr_matmul(const dr_tensor *a, const dr_tensor *b, dr_tensor **out);
 /* Sum over `dims` (ndims == 0: all dims). Integer and bool inputs sum to int64. */

@@ -128,6 +128,30 @@ static dr_status binary(dr_binary_op op, const dr_tensor *a, const dr_tensor *b,
     return DR_OK;
 }
 
+dr_status dr_add_(dr_tensor *self, const dr_tensor *other, double alpha) {
+    DR_TRY(dr_check_tensor(self, "add_", "self"));
+    DR_TRY(dr_check_tensor(other, "add_", "other"));
+    if (!dr_device_eq(self->device, other->device))
+        return dr_fail(DR_ERR_DEVICE, "add_: tensors are on different devices (%s and %s)",
+                       dr_device_str(self->device), dr_device_str(other->device));
+    if (!dr_dtype_is_float(self->scalar_type) && !(fabs(alpha) < 0x1p63 && alpha == trunc(alpha)))
+        return dr_fail(DR_ERR_ARG, "add_: alpha %g must be an integer for %s tensors", alpha,
+                       dr_dtype_name(self->scalar_type));
+    const dr_backend *be = dr_backend_get(self->device, "add_");
+    if (!be) return DR_ERR_DEVICE;
+    DR_TRY(dr_autograd_inplace(self, "add_"));
+    dr_tensor *cast = NULL, *expanded = NULL;
+    bool grad = dr_grad_pause();
+    dr_status st = dr_as_dtype(other, self->scalar_type, &cast);
+    if (st == DR_OK) st = dr_expand_to(cast, self->sizes, self->ndim, "add_", &expanded);
+    /* elementwise with out aliasing self: each element reads then writes itself */
+    if (st == DR_OK) st = be->binary(DR_OP_ADD, self, self, expanded, alpha);
+    dr_grad_resume(grad);
+    dr_tensor_release(cast);
+    dr_tensor_release(expanded);
+    return st;
+}
+
 dr_status dr_add(const dr_tensor *a, const dr_tensor *b, double alpha, dr_tensor **out) {
     return binary(DR_OP_ADD, a, b, alpha, out);
 }

@@ -48,6 +48,48 @@ dr_status dr_tensor_fill_(dr_tensor *t, double value) {
     return be->fill(t, value);
 }
 
+dr_status dr_tensor_rebind_(dr_tensor *t, dr_tensor *base, int64_t offset) {
+    DR_TRY(dr_check_tensor(t, "rebind_", "tensor"));
+    DR_TRY(dr_check_tensor(base, "rebind_", "base"));
+    if (dr_grad_mode() && dr_requires_grad(t))
+        return dr_fail(DR_ERR_ARG, "rebind_: tensor %s requires grad; do it inside dr.no_grad",
+                       dr_shape_str(t));
+    if (t->autograd && !dr_tensor_is_leaf(t))
+        return dr_fail(DR_ERR_ARG, "rebind_: tensor %s is not a leaf", dr_shape_str(t));
+    if (base->scalar_type != t->scalar_type || !dr_device_eq(base->device, t->device) ||
+        !dr_tensor_is_contiguous(base))
+        return dr_fail(DR_ERR_ARG, "rebind_: base %s must be contiguous %s on %s like the tensor",
+                       dr_shape_str(base), dr_dtype_name(t->scalar_type), dr_device_str(t->device));
+    int64_t n = dr_tensor_numel(t);
+    if (offset < 0 || offset > dr_tensor_numel(base) - n)
+        return dr_fail(DR_ERR_ARG, "rebind_: %lld elements at offset %lld do not fit base %s",
+                       (long long)n, (long long)offset, dr_shape_str(base));
+    dr_tensor *slot;
+    int64_t flat[1] = {dr_tensor_numel(base)};
+    dr_tensor *flat_view = NULL;
+    bool grad = dr_grad_pause();
+    dr_status st = dr_tensor_view(base, flat, 1, &flat_view);
+    if (st == DR_OK) st = dr_tensor_narrow(flat_view, 0, offset, n, &slot);
+    dr_tensor_release(flat_view);
+    if (st == DR_OK) {
+        dr_tensor *shaped;
+        st = dr_tensor_view(slot, t->sizes, t->ndim, &shaped);
+        dr_tensor_release(slot);
+        if (st == DR_OK) st = dr_tensor_copy_(shaped, t);
+        if (st == DR_OK) { /* t takes the slot's storage reference and geometry */
+            dr_storage *old = t->storage;
+            t->storage = shaped->storage;
+            __atomic_add_fetch(&t->storage->refcount, 1, __ATOMIC_RELAXED);
+            t->storage_offset = shaped->storage_offset;
+            for (int32_t d = 0; d < t->ndim; d++) t->strides[d] = shaped->strides[d];
+            dr_storage_release(old);
+        }
+        dr_tensor_release(shaped);
+    }
+    dr_grad_resume(grad);
+    return st;
+}
+
 static dr_status copy_new(const dr_tensor *t, int32_t dtype, const char *op, dr_tensor **out) {
     DR_TRY(dr_check_out(out, op));
     DR_TRY(dr_check_tensor(t, op, "tensor"));

@@ -22,7 +22,7 @@ int64_t dr_memory_allocated(int32_t device_type) {
     return __atomic_load_n(&allocated_bytes[device_type], __ATOMIC_RELAXED);
 }
 
-static void storage_release(dr_storage *s) {
+void dr_storage_release(dr_storage *s) {
     if (!s) return;
     if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
     if (s->owner) {
@@ -46,7 +46,7 @@ void dr_tensor_release(dr_tensor *t) {
     if (!t) return;
     if (__atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
     dr_autograd_release_meta(t);
-    storage_release(t->storage);
+    dr_storage_release(t->storage);
     free(t);
 }
 
@@ -54,7 +54,7 @@ void dr_tensor_free(dr_tensor *t) {
     if (!t) return;
     dr_storage *s = t->storage;
     t->storage = NULL;
-    storage_release(s);
+    dr_storage_release(s);
 }
 
 int64_t dr_tensor_numel(const dr_tensor *t) {

@@ -29,6 +29,9 @@ static inline bool dr_dtype_is_float(int32_t dt) {
 }
 static inline bool dr_dtype_valid(int32_t dt) { return dt >= 0 && dt < DR_NUM_DTYPES; }
 
+/* Drops one reference to a storage (freeing it with the last). */
+void dr_storage_release(dr_storage *s);
+
 /* Frees t->autograd (grad, grad_fn); defined in core/autograd. */
 void dr_autograd_release_meta(dr_tensor *t);
 

@@ -4,6 +4,12 @@
 --
 --   local opt = dr.optim.AdamW(params, { lr = 1e-4, weight_decay = 1e-2 })
 --   loss:backward(); dr.optim.clip_grad_norm_(params, 1.0); opt:step(); opt:zero_grad()
+--
+-- flat = true moves every parameter into one contiguous buffer (the tensors
+-- become views of it) and gives each a .grad that is a view of one flat gradient
+-- buffer, so a step is a single fused pass over all parameters. Gradients are
+-- then zeroed, not cleared, and every parameter is updated each step (as torch
+-- with zero_grad(set_to_none=False)).
 local core = require 'diffrl.core'
 local api = require 'diffrl.core.ffi'
 
@@ -29,6 +35,30 @@ local function option(opts, key, default, who)
   return v
 end
 
+-- Gathers params into one flat buffer and their grads into another (see above).
+local function flatten(params, who)
+  local total = 0
+  for i, p in ipairs(params) do
+    if p.dtype ~= 'float32' or p.device ~= params[1].device then
+      raise(('%s: flat = true needs float32 parameters on one device; params[%d] is %s on %s')
+        :format(who, i, p.dtype, p.device))
+    end
+    total = total + p:numel()
+  end
+  local flat = { params = core.empty(total), grads = core.zeros(total), views = {} }
+  core.no_grad(function()
+    local offset = 0
+    for i, p in ipairs(params) do
+      local n = p:numel()
+      p:rebind_(flat.params, offset)
+      flat.views[i] = flat.grads:narrow(1, offset + 1, n):view(p.shape)
+      p.grad = flat.views[i]
+      offset = offset + n
+    end
+  end)
+  return flat
+end
+
 local function check_known(opts, known, who)
   for k in pairs(opts) do
     if not known[k] then raise(("%s: unknown option '%s'"):format(who, tostring(k))) end
@@ -42,7 +72,8 @@ AdamW.__index = AdamW
 
 function M.AdamW(params, opts)
   opts = opts or {}
-  check_known(opts, { lr = true, betas = true, eps = true, weight_decay = true }, 'AdamW')
+  check_known(opts, { lr = true, betas = true, eps = true, weight_decay = true, flat = true },
+              'AdamW')
   local betas = opts.betas or { 0.9, 0.999 }
   local self = setmetatable({
     params = check_params(params, 'AdamW'),
@@ -53,11 +84,25 @@ function M.AdamW(params, opts)
     step_count = 0,
     state = {},
   }, AdamW)
+  if opts.flat then self.flat = flatten(self.params, 'AdamW') end
   return self
 end
 
 function AdamW:step()
   self.step_count = self.step_count + 1
+  local flat = self.flat
+  if flat then -- one fused pass over every parameter
+    local s = self.state.flat
+    if not s then
+      s = { exp_avg = core.zeros(flat.params:numel()), exp_avg_sq = core.zeros(flat.params:numel()) }
+      self.state.flat = s
+    end
+    core.no_grad(function()
+      core.adamw_step_(flat.params, flat.grads, s.exp_avg, s.exp_avg_sq, self.lr, self.beta1,
+                       self.beta2, self.eps, self.weight_decay, self.step_count)
+    end)
+    return
+  end
   core.no_grad(function()
     for i, p in ipairs(self.params) do
       local g = p.grad
@@ -119,8 +164,15 @@ end
 
 -- ---- shared ----------------------------------------------------------------------
 
--- Clears gradients (torch's default set_to_none=True).
+-- Clears gradients (torch's default set_to_none=True); in flat mode zeroes the
+-- flat gradient buffer and re-attaches each parameter's view of it.
 local function zero_grad(self)
+  local flat = self.flat
+  if flat then
+    core.no_grad(function() flat.grads:zero_() end)
+    for i, p in ipairs(self.params) do p.grad = flat.views[i] end
+    return
+  end
   for _, p in ipairs(self.params) do p.grad = nil end
 end
 AdamW.zero_grad, SGD.zero_grad = zero_grad, zero_grad

@@ -27,6 +27,19 @@ function Tensor.mul_(t, s)
   return t
 end
 
+-- t:add_(other[, alpha]): t += alpha * other (broadcast)
+function Tensor.add_(t, other, alpha)
+  check(C.dr_add_(t.ptr, ptr(other, 'add_', 'other'), alpha or 1))
+  return t
+end
+
+-- t:rebind_(base, offset): moves t's data into base at element offset (0-based)
+-- and makes t a view there (see dr.optim's flat mode).
+function Tensor.rebind_(t, base, offset)
+  check(C.dr_tensor_rebind_(t.ptr, ptr(base, 'rebind_', 'base'), num(offset, 'rebind_', 'offset')))
+  return t
+end
+
 -- t:lerp_(end, w): t += w * (end - t)
 function Tensor.lerp_(t, e, w)
   check(C.dr_lerp_(t.ptr, ptr(e, 'lerp_', 'end'), num(w, 'lerp_', 'weight')))
