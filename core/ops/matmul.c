@@ -81,13 +81,23 @@ static dr_status product(const dr_backend *be, const dr_tensor *a, const dr_tens
                          const int64_t *out_sizes, int32_t out_ndim, dr_tensor **out) {
     dr_tensor *a3 = NULL, *b3 = NULL, *res = NULL;
     dr_status st;
-    if (b->ndim == 2 && a->ndim > 2) {
-        int64_t rows = 1;
-        for (int32_t d = 0; d < a->ndim - 1; d++) rows *= a->sizes[d];
-        int64_t sa[3] = {1, rows, a->sizes[a->ndim - 1]};
+    int64_t rows = 1;
+    for (int32_t d = 0; d < a->ndim - 1; d++) rows *= a->sizes[d];
+    int64_t sa[3] = {1, rows, a->sizes[a->ndim - 1]};
+    if (b->ndim == 2 && a->ndim > 2 && dr_tensor_view(a, sa, 3, &a3) == DR_OK) {
+        /* a's batch folds into rows without a copy: one GEMM */
         int64_t sb[3] = {1, b->sizes[0], b->sizes[1]};
-        st = dr_tensor_reshape(a, sa, 3, &a3);
-        if (st == DR_OK) st = dr_tensor_view(b, sb, 3, &b3);
+        st = dr_tensor_view(b, sb, 3, &b3);
+    } else if (b->ndim == 2 && a->ndim > 2) {
+        /* a's batch does not fold (e.g. a transposed [B, N, C] view): a batch of
+         * GEMMs over a, each matrix read in place, against b broadcast */
+        int64_t sb[3] = {0, b->sizes[0], b->sizes[1]};
+        dr_tensor *b2 = NULL;
+        st = as_3d(a, &a3);
+        sb[0] = st == DR_OK ? a3->sizes[0] : 0;
+        if (st == DR_OK) st = dr_tensor_view(b, sb + 1, 2, &b2);
+        if (st == DR_OK) st = dr_expand_to(b2, sb, 3, "matmul", &b3);
+        dr_tensor_release(b2);
     } else {
         st = as_3d(a, &a3);
         if (st == DR_OK) st = as_3d(b, &b3);
