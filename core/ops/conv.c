@@ -136,11 +136,7 @@ dr_status dr_conv2d(const dr_tensor *input, const dr_tensor *weight, const dr_te
     st = dr_nn_finish(st, res, input->scalar_type, out);
     dr_grad_resume(grad);
     if (st == DR_OK) st = conv2d_record(input, weight, bias, stride, padding, dilation, groups, *out);
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
+    return dr_drop_on_error(st, out);
 }
 
 dr_status dr_conv2d_backward(const dr_tensor *grad_out, const dr_tensor *input,

@@ -136,10 +136,7 @@ static dr_status norm_finish(dr_status st, const char *op, dr_backward_fn fn, co
         if (st == DR_OK) st = dr_autograd_save(node, 2, m);
         if (st == DR_OK) st = dr_autograd_save(node, 3, r);
     }
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
+    dr_drop_on_error(st, out);
     if (st == DR_OK && mean) *mean = m;
     else dr_tensor_release(m);
     if (st == DR_OK && rstd) *rstd = r;

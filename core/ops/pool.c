@@ -83,11 +83,7 @@ static dr_status resample_record(dr_status st, const dr_tensor *input, const cha
     if (st == DR_OK) st = dr_autograd_record(*out, op, fn, &input, 1, &node);
     for (int i = 0; node && i < nparams; i++) node->ints[i] = params[i];
     if (st == DR_OK && node && save_input) st = dr_autograd_save(node, 0, input);
-    if (st != DR_OK && *out) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
+    return dr_drop_on_error(st, out);
 }
 
 dr_status dr_upsample_nearest2d(const dr_tensor *input, int64_t scale_h, int64_t scale_w,

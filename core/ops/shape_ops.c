@@ -292,11 +292,7 @@ dr_status dr_cumsum(const dr_tensor *t, int32_t dim, dr_tensor **out) {
     const dr_tensor *inputs[1] = {t};
     dr_status st = dr_autograd_record(*out, "cumsum", cumsum_node_backward, inputs, 1, &node);
     if (node) node->ints[0] = dim;
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
+    return dr_drop_on_error(st, out);
 }
 
 dr_status dr_cumsum_backward(const dr_tensor *grad_out, int32_t dim, dr_tensor **grad_input) {

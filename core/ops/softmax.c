@@ -49,11 +49,7 @@ static dr_status forward(const dr_tensor *x, int32_t dim, int log, dr_tensor **o
         node->ints[1] = log;
         st = dr_autograd_save(node, 0, *out);
     }
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
+    return dr_drop_on_error(st, out);
 }
 
 static dr_status backward(const dr_tensor *grad_out, const dr_tensor *y, int32_t dim, int log,

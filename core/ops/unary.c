@@ -88,11 +88,7 @@ static dr_status forward(dr_unary_op op, const dr_tensor *x, double p0, double p
     st = dr_nn_finish(st, res, x->scalar_type, out);
     dr_grad_resume(grad);
     if (st == DR_OK) st = record(op, x, p0, p1, *out);
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
+    return dr_drop_on_error(st, out);
 }
 
 static dr_status backward(dr_unary_op op, const dr_tensor *grad_out, const dr_tensor *saved,

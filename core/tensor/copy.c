@@ -14,11 +14,7 @@ static dr_status record_copy(dr_status st, const dr_tensor *t, const char *name,
     if (st != DR_OK) return st;
     dr_node *node;
     st = dr_autograd_record(*out, name, copy_backward, &t, 1, &node);
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
+    return dr_drop_on_error(st, out);
 }
 
 dr_status dr_tensor_copy_(dr_tensor *dst, const dr_tensor *src) {
@@ -98,11 +94,7 @@ static dr_status copy_new(const dr_tensor *t, int32_t dtype, const char *op, dr_
     bool grad = dr_grad_pause();
     dr_status st = dr_tensor_copy_(*out, t);
     dr_grad_resume(grad);
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return record_copy(st, t, op, out);
+    return record_copy(dr_drop_on_error(st, out), t, op, out);
 }
 
 dr_status dr_tensor_clone(const dr_tensor *t, dr_tensor **out) {

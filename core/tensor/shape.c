@@ -98,9 +98,5 @@ dr_status dr_tensor_expand(const dr_tensor *t, const int64_t *sizes, int32_t ndi
     DR_TRY(dr_expand_to(t, sizes, ndim, "expand", out));
     dr_node *node;
     dr_status st = dr_autograd_record(*out, "expand", expand_backward, &t, 1, &node);
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
+    return dr_drop_on_error(st, out);
 }

@@ -174,11 +174,7 @@ dr_status dr_tensor_full(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_d
                          double value, dr_tensor **out) {
     DR_TRY(dr_tensor_new(sizes, ndim, dtype, device, "full", out));
     dr_status st = dr_tensor_fill_(*out, value);
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
+    return dr_drop_on_error(st, out);
 }
 
 dr_status dr_tensor_from_f64(const double *data, const int64_t *sizes, int32_t ndim,

@@ -35,6 +35,15 @@ void dr_storage_release(dr_storage *s);
 /* Frees t->autograd (grad, grad_fn); defined in core/autograd. */
 void dr_autograd_release_meta(dr_tensor *t);
 
+/* The common end of an op: on failure, releases *out and sets it to NULL. */
+static inline dr_status dr_drop_on_error(dr_status st, dr_tensor **out) {
+    if (st != DR_OK) {
+        dr_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
 /* A contiguous tensor with fresh storage (uninitialised). */
 dr_status dr_tensor_new(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_device device,
                         const char *op, dr_tensor **out);

@@ -50,11 +50,7 @@ static dr_status record(dr_status st, const dr_tensor *t, dr_tensor **out, const
     dr_node *node;
     st = dr_autograd_record(*out, name, fn, &t, 1, &node);
     for (int32_t i = 0; node && i < nparams; i++) node->ints[i] = params[i];
-    if (st != DR_OK) {
-        dr_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
+    return dr_drop_on_error(st, out);
 }
 
 /* Strides for viewing t as `sizes` without a copy, or false when the memory
