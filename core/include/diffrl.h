@@ -532,6 +532,41 @@ dr_status dr_randn(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_device 
 dr_status dr_rand(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_device device,
                   dr_generator *gen, dr_tensor **out);
 
+/* ---- io: CLIP tokenizer (core/io/clip_tokenizer.c) ------------------------ */
+/* [section: tokenizer] */
+/* CLIP's byte-level BPE tokenizer, giving the ids transformers' CLIPTokenizer
+ * (5.24.0, tokenizers 0.23.3) gives: NFC, whitespace runs to one space, lower case,
+ * CLIP's pre-tokenizer pattern, BPE with "</w>", bos + ids + eos.
+ * load reads a transformers tokenizer folder: vocab.json, merges.txt, and, when
+ * present, tokenizer_config.json then special_tokens_map.json (bos/eos/unk/pad tokens
+ * as strings or {"content": ..., "normalized": ...} objects, model_max_length; the
+ * defaults are <|startoftext|>, <|endoftext|> for the other three, 77). Special
+ * tokens found in the text become their id (so with SD2's pad_token "!", every "!"
+ * is id 0, as in transformers). Errors name the file and the line or token.
+ * A tokenizer object is not thread-safe: encode uses scratch buffers and a word
+ * cache inside it; use one tokenizer per thread (the getters may be shared). */
+typedef struct dr_clip_tokenizer dr_clip_tokenizer;
+dr_status dr_clip_tokenizer_load(const char *dir, dr_clip_tokenizer **out);
+void dr_clip_tokenizer_free(dr_clip_tokenizer *tok);
+/* Encodes text[0..len) (UTF-8; invalid UTF-8 is DR_ERR_ARG naming the byte offset).
+ * ids has room for *n ids (*n may be 0 and ids NULL). On success *n is the length
+ * of the encoding, and its first min(*n before, *n after) ids are written: call
+ * again with a bigger buffer when *n grew past the room. max_length <= 0: the whole
+ * sequence, bos ... eos. max_length >= 2: truncated to max_length (eos kept last),
+ * then, when pad != 0, padded with the pad id to exactly max_length. */
+dr_status dr_clip_tokenizer_encode(dr_clip_tokenizer *tok, const char *text, size_t len,
+                                   int32_t max_length, int32_t pad, int64_t *ids, int32_t *n);
+/* Tokens in the vocabulary plus special tokens added to it. */
+int32_t dr_clip_tokenizer_vocab_size(const dr_clip_tokenizer *tok);
+/* -1 where the folder defines no such token (pad_token: null). */
+int32_t dr_clip_tokenizer_bos_id(const dr_clip_tokenizer *tok);
+int32_t dr_clip_tokenizer_eos_id(const dr_clip_tokenizer *tok);
+int32_t dr_clip_tokenizer_pad_id(const dr_clip_tokenizer *tok);
+int32_t dr_clip_tokenizer_model_max_length(const dr_clip_tokenizer *tok);
+/* The token string of an id (byte-level characters, "</w>" kept), or NULL. Valid
+ * until free. */
+const char *dr_clip_tokenizer_token(const dr_clip_tokenizer *tok, int64_t id);
+
 #ifdef __cplusplus
 }
 #endif
