@@ -567,6 +567,28 @@ int32_t dr_clip_tokenizer_model_max_length(const dr_clip_tokenizer *tok);
  * until free. */
 const char *dr_clip_tokenizer_token(const dr_clip_tokenizer *tok, int64_t id);
 
+/* ---- io: PNG images (core/io/png.c) ---------------------------------------- */
+/* [section: png] */
+/* PNG files <-> image tensors [C, H, W] on the cpu (libpng). Channels: 1 gray,
+ * 3 RGB, 4 RGBA.
+ * dr_png_write: image float (float32/16, bfloat16; values clamped to [0, 1], NaN
+ *   as 0, byte = (x * 255) rounded half to even in float32, as diffusers'
+ *   numpy_to_pil) or uint8 (written as is), any strides; an 8-bit PNG written
+ *   atomically (temporary file beside `path`, fsync, rename). Sides 1..32768.
+ * dr_png_read: any PNG (1-16 bits, gray, gray+alpha, palette, RGB, RGBA, tRNS,
+ *   interlaced) as a new contiguous [channels, H, W] tensor, channels 1, 3 or 4:
+ *   3 drops alpha (PIL convert("RGB")), 4 adds alpha 1 when the file has none,
+ *   1 is the file's gray or PIL's convert("L") of colour. dtype DR_U8 gives bytes
+ *   (16-bit samples: their high byte, as PIL); DR_F32 gives v / 255, or v / 65535
+ *   for 16-bit files. Gamma and colour-profile chunks are ignored (as PIL).
+ *   Corrupt or truncated files fail with DR_ERR_IO naming the file.
+ * dr_png_decode: the same from bytes in memory; `name` (may be NULL) is what error
+ *   messages call them. */
+dr_status dr_png_write(const char *path, const dr_tensor *image);
+dr_status dr_png_read(const char *path, int32_t channels, int32_t dtype, dr_tensor **out);
+dr_status dr_png_decode(const uint8_t *data, size_t size, const char *name, int32_t channels,
+                        int32_t dtype, dr_tensor **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,5 +11,6 @@ if here then api.add_internal_dir(here) end
 local M = {}
 for k, v in pairs(core) do M[k] = v end
 M.optim = require 'diffrl.optim'
+M.sampler = require 'diffrl.sampler'
 
 return M
