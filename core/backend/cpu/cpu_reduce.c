@@ -61,7 +61,93 @@ static void block_sum(const reduce_geom *g, const dr_tensor *in, int64_t base, i
     *isum = (int64_t)is;
 }
 
+/* Whether dims [d0, d1) of t collapse into one run of `count` elements with
+ * stride `stride` (row-major nesting). */
+static bool collapses(const dr_tensor *t, int32_t d0, int32_t d1, int64_t stride, int64_t *count) {
+    int64_t n = 1, s = stride;
+    for (int32_t d = d1 - 1; d >= d0; d--) {
+        if (t->sizes[d] != 1 && t->strides[d] != s) return false;
+        s *= t->sizes[d];
+        n *= t->sizes[d];
+    }
+    *count = n;
+    return true;
+}
+
+enum { ROWS = 64 }; /* rows per partial sum of the column-sum path */
+
+/* float32 fast paths, same blocking rules as the general path (fixed blocks,
+ * partials added in block order), so results do not depend on threads:
+ *  - columns: the reduced dims are the outer ones of a dense [R, K] block
+ *    (bias gradients: sum over batch and tokens), summed row by row into K
+ *    double accumulators per block of ROWS rows;
+ *  - rows: the reduced dims are a dense inner run of R elements per output. */
+static bool sum_f32_fast(dr_tensor *out, const dr_tensor *in, int32_t nkeep, dr_status *st) {
+    int32_t nd = in->ndim;
+    int64_t k = 1, r = 1;
+    const float *p = (const float *)dr_cpu_base(in) + in->storage_offset;
+    if (collapses(in, 0, nkeep, 1, &k) && collapses(in, nkeep, nd, k, &r) && r > 0 && k > 0) {
+        int64_t nblocks = (r + ROWS - 1) / ROWS;
+        double *part = malloc((size_t)(nblocks * k) * sizeof(double));
+        if (!part) {
+            *st = dr_fail(DR_ERR_OOM, "sum: out of memory for %lld partial sums", (long long)(nblocks * k));
+            return true;
+        }
+#pragma omp parallel for schedule(static) if (r * k > DR_CPU_PARALLEL_MIN)
+        for (int64_t b = 0; b < nblocks; b++) {
+            double *acc = part + b * k;
+            for (int64_t j = 0; j < k; j++) acc[j] = 0;
+            int64_t end = (b + 1) * ROWS < r ? (b + 1) * ROWS : r;
+            for (int64_t i = b * ROWS; i < end; i++) {
+                const float *row = p + i * k;
+                for (int64_t j = 0; j < k; j++) acc[j] += (double)row[j];
+            }
+        }
+        float *o = (float *)dr_cpu_base(out) + out->storage_offset;
+        for (int64_t j = 0; j < k; j++) {
+            double s = 0;
+            for (int64_t b = 0; b < nblocks; b++) s += part[b * k + j];
+            o[j] = (float)s;
+        }
+        free(part);
+        *st = DR_OK;
+        return true;
+    }
+    if (collapses(in, nkeep, nd, 1, &r) && r > 0) {
+        /* the same (output, BLOCK) partials as the general path: identical bits */
+        int64_t nout = dr_tensor_numel(out);
+        reduce_geom g;
+        g.nkeep = nkeep;
+        for (int32_t d = 0; d < nkeep; d++) {
+            g.keep_sizes[d] = in->sizes[d];
+            g.keep_strides[d] = in->strides[d];
+        }
+        const float *base = (const float *)dr_cpu_base(in);
+        float *o = (float *)dr_cpu_base(out) + out->storage_offset;
+#pragma omp parallel for schedule(static) if (nout * r > DR_CPU_PARALLEL_MIN)
+        for (int64_t j = 0; j < nout; j++) {
+            const float *q = base + base_offset(&g, in, j);
+            double total = 0;
+            for (int64_t b0 = 0; b0 < r; b0 += BLOCK) {
+                int64_t b1 = b0 + BLOCK < r ? b0 + BLOCK : r;
+                double s = 0;
+                for (int64_t i = b0; i < b1; i++) s += q[i];
+                total += s;
+            }
+            o[j] = (float)total;
+        }
+        *st = DR_OK;
+        return true;
+    }
+    return false;
+}
+
 dr_status dr_cpu_sum(dr_tensor *out, const dr_tensor *in, int32_t nreduce) {
+    if (in->scalar_type == DR_F32 && out->scalar_type == DR_F32 && dr_tensor_is_contiguous(out) &&
+        nreduce > 0) {
+        dr_status st = DR_OK;
+        if (sum_f32_fast(out, in, in->ndim - nreduce, &st)) return st;
+    }
     reduce_geom g;
     g.nkeep = in->ndim - nreduce;
     g.nred = nreduce;
