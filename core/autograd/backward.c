@@ -52,6 +52,14 @@ static dr_status accumulate_leaf(dr_tensor *leaf, dr_tensor *g) {
         return st;
     }
     if (m->grad) return accumulate(&m->grad, g);
+    /* The first gradient: adopt it when nothing else can see it (torch steals
+     * such buffers too), else copy, so later in-place accumulation is safe. */
+    if (g->refcount == 1 && g->storage && g->storage->refcount == 1 && !g->storage->owner && !g->autograd &&
+        dr_tensor_is_contiguous(g) && g->storage_offset == 0 &&
+        (size_t)dr_tensor_numel(g) * (size_t)dr_dtype_size(g->scalar_type) == g->storage->nbytes) {
+        m->grad = g;
+        return DR_OK;
+    }
     dr_status st = dr_tensor_clone(g, &m->grad);
     dr_tensor_release(g);
     return st;
