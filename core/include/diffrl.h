@@ -589,6 +589,75 @@ dr_status dr_png_read(const char *path, int32_t channels, int32_t dtype, dr_tens
 dr_status dr_png_decode(const uint8_t *data, size_t size, const char *name, int32_t channels,
                         int32_t dtype, dr_tensor **out);
 
+/* ---- models (core/models) -------------------------------------------------- */
+/* [section: models] */
+/* Stable Diffusion's networks, built from their diffusers / transformers
+ * config.json, with parameters named exactly as the checkpoint keys:
+ *   "unet"       UNet2DConditionModel   (dr_unet_forward)
+ *   "vae"        AutoencoderKL          (dr_vae_encode, dr_vae_decode)
+ *   "clip_text"  CLIPTextModel          (dr_clip_text_forward)
+ * create parses the config (errors name `context`, the key and the problem;
+ * options of the reference classes that are not implemented are errors, never
+ * ignored), allocates every parameter as a float32 leaf (requires_grad off) and
+ * initialises it as torch.nn's defaults do, from the Philox stream of `seed` —
+ * or, with seed DR_MODEL_NO_INIT, to zeros (quick; for loading a checkpoint).
+ * Parameters are borrowed from the model (valid until dr_model_free); the
+ * forwards record on the autograd tape like any op. */
+typedef struct dr_model dr_model;
+enum { DR_MODEL_NO_INIT = -1 };
+dr_status dr_model_create(const char *kind, const char *config_json, size_t len,
+                          const char *context, uint64_t seed, dr_model **out);
+void dr_model_free(dr_model *m);
+const char *dr_model_kind(const dr_model *m);
+int64_t dr_model_param_count(const dr_model *m);
+/* i in [0, count), in registration order (the module order of the reference). */
+const char *dr_model_param_name(const dr_model *m, int64_t i);
+dr_tensor *dr_model_param(const dr_model *m, int64_t i);
+int dr_model_param_is_adapter(const dr_model *m, int64_t i);  /* a LoRA parameter */
+int64_t dr_model_find_param(const dr_model *m, const char *name);  /* -1: none */
+/* Re-initialises every parameter (adapters_only: only the LoRA ones) from seed. */
+dr_status dr_model_init_(dr_model *m, uint64_t seed, int32_t adapters_only);
+/* Recompute each resnet / transformer block in backward instead of keeping its
+ * activations (gradient checkpointing). Off by default. */
+void dr_model_set_checkpointing(dr_model *m, int on);
+
+enum { DR_LOAD_ALLOW_MISSING = 1, DR_LOAD_ALLOW_UNEXPECTED = 2 };
+/* Copies the tensors of safetensors files into the parameters of the same name
+ * (any float dtype, converted to float32). With a prefix, only keys that start
+ * with it are read, the prefix stripped. Every missing (non-adapter) parameter,
+ * unexpected key and wrong shape is listed by name in one DR_ERR_IO message,
+ * unless flags allow missing / unexpected keys; nloaded (may be NULL) gets the
+ * number of parameters written. On error parameters may be partly written. */
+dr_status dr_model_load_safetensors(dr_model *m, const char *const *paths, int32_t npaths,
+                                    const char *prefix, int32_t flags, int64_t *nloaded);
+/* Adds LoRA adapters (peft's layout: <module>.lora_A.weight [rank, in], kaiming
+ * uniform; <module>.lora_B.weight [out, rank], zeros; output += alpha / rank *
+ * B A x) to every attention projection whose name ends in one of `targets`
+ * ("to_q", "to_k", "to_v", "to_out.0"; "q_proj", ... for CLIP). nadded (may be
+ * NULL) gets the number of adapted modules. */
+dr_status dr_model_add_lora(dr_model *m, int64_t rank, double alpha, const char *const *targets,
+                            int32_t ntargets, uint64_t seed, int64_t *nadded);
+
+/* UNet2DConditionModel.forward(sample, timestep, encoder_hidden_states).sample:
+ * sample [B, in_channels, H, W] (H, W divisible by 2^(blocks-1)), timestep a
+ * 0-d or [B] tensor (any real dtype), encoder_hidden_states [B, L,
+ * cross_attention_dim] -> [B, out_channels, H, W]. */
+dr_status dr_unet_forward(dr_model *m, const dr_tensor *sample, const dr_tensor *timestep,
+                          const dr_tensor *encoder_hidden_states, dr_tensor **out);
+/* AutoencoderKL: encode x [B, in_channels, H, W] (in [-1, 1]) to the posterior's
+ * mean and logvar (clamped to [-30, 20], as DiagonalGaussianDistribution), each
+ * [B, latent_channels, H/f, W/f]; either may be NULL. decode z -> image. Neither
+ * applies scaling_factor (the caller does, as the pipelines do). */
+dr_status dr_vae_encode(dr_model *m, const dr_tensor *x, dr_tensor **mean, dr_tensor **logvar);
+dr_status dr_vae_decode(dr_model *m, const dr_tensor *z, dr_tensor **out);
+/* CLIPTextModel: input_ids int64 [B, L] (L <= max_position_embeddings) ->
+ * hidden [B, L, hidden] and pooled [B, hidden] (either may be NULL).
+ * skip = 0: last_hidden_state (after final_layer_norm); skip = k > 0: the hidden
+ * state k layers before the last, passed through final_layer_norm (diffusers'
+ * clip_skip = k). pooled is always from the last layer. */
+dr_status dr_clip_text_forward(dr_model *m, const dr_tensor *input_ids, int32_t skip,
+                               dr_tensor **hidden, dr_tensor **pooled);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,4 +13,6 @@ for k, v in pairs(core) do M[k] = v end
 M.optim = require 'diffrl.optim'
 M.sampler = require 'diffrl.sampler'
 
+M.pipeline = require 'diffrl.pipeline'
+
 return M

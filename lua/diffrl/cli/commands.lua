@@ -11,7 +11,7 @@ local function no_args(name, args)
   return 2
 end
 
-M.order = { 'run', 'repl', 'test', 'version', 'help' }
+M.order = { 'run', 'sample', 'repl', 'test', 'version', 'help' }
 
 M.run = {
   summary = 'run a recipe or Lua file',
@@ -25,6 +25,12 @@ also receives ARGS as `...`. A Lua error ends the run with exit code 1 and a
 message naming file:line, then a traceback. Ctrl-C ends it with code 130.]],
   run = function(args) return require('diffrl.cli.run').file(args) end,
   run_options = function(argv) return require('diffrl.cli.run').options(argv) end,
+}
+
+M.sample = {
+  summary = 'text-to-image from a diffusers Stable Diffusion folder (DDIM) to PNG',
+  usage = require('diffrl.cli.sample').usage,
+  run = function(args) return require('diffrl.cli.sample').run(args) end,
 }
 
 M.repl = {
