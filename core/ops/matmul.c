@@ -47,7 +47,25 @@ static dr_status matmul_backward(dr_node *n, const dr_tensor *g, dr_tensor **gra
         dr_tensor_release(p);
         t = p = NULL;
     }
-    if (st == DR_OK && dr_node_needs(n, 1)) { /* dB = A^T @ dC */
+    if (st == DR_OK && dr_node_needs(n, 1) && b2->ndim == 2 && a2->ndim > 2) {
+        /* B broadcast over A's batch (a linear layer): one GEMM with the batch
+         * folded into the inner dimension, dB = A'^T dC' with A' [rows, k],
+         * dC' [rows, n], instead of one product per batch and a sum. */
+        dr_tensor *af = NULL, *gf = NULL;
+        st = dr_tensor_reshape(a2, (int64_t[]){-1, k}, 2, &af);
+        if (st == DR_OK) st = dr_tensor_reshape(g2, (int64_t[]){-1, g2->sizes[g2->ndim - 1]}, 2, &gf);
+        if (st == DR_OK) st = dr_tensor_transpose(af, 0, 1, &t);
+        if (st == DR_OK) st = dr_matmul(t, gf, &p);
+        if (st == DR_OK) st = dr_as_dtype(p, b->scalar_type, &grads[1]);
+        if (st == DR_OK && b->ndim == 1) {
+            dr_tensor *v;
+            st = dr_tensor_reshape(grads[1], b->sizes, 1, &v);
+            dr_tensor_release(grads[1]);
+            grads[1] = v;
+        }
+        dr_tensor_release(af);
+        dr_tensor_release(gf);
+    } else if (st == DR_OK && dr_node_needs(n, 1)) { /* dB = A^T @ dC */
         st = dr_tensor_transpose(a2, -1, -2, &t);
         if (st == DR_OK) st = dr_matmul(t, g2, &p);
         if (st == DR_OK) st = dr_sum_to(p, b2->sizes, b2->ndim, b->scalar_type, &grads[1]);
