@@ -126,6 +126,32 @@ describe('unet LoRA', function()
     assert.is_true(max_abs(changed - g.out) > 1e-3)
   end)
 
+  it('gives the adapters the same gradients with gradient checkpointing (base frozen)', function()
+    local function adapter_grads(ckpt)
+      local u = dr.load_model(dir .. '/unet')
+      u:add_lora { rank = 2, seed = 4 }
+      dr.no_grad(function()
+        for _, p in ipairs(u:named_parameters { adapters_only = true }) do
+          if p[1]:find('lora_B') then p[2]:copy_(dr.randn(p[2].shape, { generator = dr.Generator(9) }) * 0.1) end
+        end
+      end)
+      u:set_checkpointing(ckpt)
+      local loss = (u:forward(g.sample, g.timestep, g.encoder_hidden_states) * g.loss_weight):sum()
+      loss:backward()
+      local out = {}
+      for _, p in ipairs(u:named_parameters { adapters_only = true }) do out[p[1]] = p[2].grad end
+      return out
+    end
+    local plain, ckpt = adapter_grads(false), adapter_grads(true)
+    local n = 0
+    for name, grad in pairs(plain) do
+      assert.is_not_nil(ckpt[name], name .. ' got no gradient with checkpointing')
+      assert.is_true(max_abs(ckpt[name] - grad) <= 1e-6 * math.max(max_abs(grad), 1), name)
+      n = n + 1
+    end
+    assert.are.equal(64, n)
+  end)
+
   it('refuses unknown targets by name', function()
     local u = dr.load_model(dir .. '/unet')
     local ok, err = pcall(u.add_lora, u, { rank = 2, targets = { 'to_qq' } })
@@ -158,6 +184,31 @@ describe('unet loading', function()
     assert.is_truthy(err:find('1 missing key (conv_in.weight)', 1, true), err)
     assert.is_truthy(err:find('1 unexpected key (extra.weight)', 1, true), err)
     assert.is_truthy(err:find('conv_out.bias: file [5], model [4]', 1, true), err)
+  end)
+
+  it('loads weights sharded over several files by their index', function()
+    local tensors = dr.load(dir .. '/diffusion_pytorch_model.safetensors')
+    local a, b, map = {}, {}, {}
+    local i = 0
+    for name, t in pairs(tensors) do
+      i = i + 1
+      local shard = i % 2 == 0 and 'diffusion_pytorch_model-00001-of-00002.safetensors'
+                                 or 'diffusion_pytorch_model-00002-of-00002.safetensors'
+      if i % 2 == 0 then a[name] = t else b[name] = t end
+      map[#map + 1] = ('"%s": "%s"'):format(name, shard)
+    end
+    local tmp = temp_dir()
+    dr.save(tmp .. '/diffusion_pytorch_model-00001-of-00002.safetensors', a)
+    dr.save(tmp .. '/diffusion_pytorch_model-00002-of-00002.safetensors', b)
+    local f = assert(io.open(tmp .. '/diffusion_pytorch_model.safetensors.index.json', 'w'))
+    f:write('{"metadata": {}, "weight_map": {' .. table.concat(map, ', ') .. '}}')
+    f:close()
+    os.execute(('cp %s/config.json %s/'):format(dir, tmp))
+    local u = dr.load_model(tmp)
+    os.execute('rm -rf ' .. tmp)
+    local g = dr.load(ROOT .. 'tiny-sd15/golden/unet.safetensors')
+    local out = dr.no_grad(function() return u:forward(g.sample, g.timestep, g.encoder_hidden_states) end)
+    assert.is_true(max_abs(out - g.out) <= 1e-4)
   end)
 
   it('explains how to convert a folder with only .bin weights', function()

@@ -322,13 +322,14 @@ dr_status dr_clip_text_forward(dr_model *m, const dr_tensor *input_ids, int32_t 
     /* h_{N - skip} is the hidden output; without pooled the layers above it are not run */
     int64_t keep = c->nlayers - skip, stop = pooled ? c->nlayers : keep;
     dr_tensor *h = NULL, *kept = NULL, *t = NULL, *last = NULL;
+    int ckpt = dr_model_checkpoint_mode(m);
     if (st == DR_OK) st = embed(c, input_ids, &h);
     if (st == DR_OK && keep == 0 && hidden) {
         dr_tensor_retain(h);
         kept = h;
     }
     for (int64_t i = 0; i < stop && st == DR_OK; i++) {
-        st = nn_checkpoint(m->checkpointing, layer_fn, &c->layers[i], (const dr_tensor *[]){h}, 1, &t);
+        st = nn_checkpoint(ckpt, layer_fn, &c->layers[i], (const dr_tensor *[]){h}, 1, &t);
         if (st == DR_OK) dr_swap(&h, t), t = NULL;
         if (st == DR_OK && i + 1 == keep && keep < c->nlayers && hidden) {
             dr_tensor_retain(h);

@@ -223,6 +223,13 @@ int dr_model_param_is_adapter(const dr_model *m, int64_t i) {
 int64_t dr_model_find_param(const dr_model *m, const char *name) {
     return m && name ? index_lookup(m, name) : -1;
 }
+int dr_model_checkpoint_mode(const dr_model *m) {
+    if (!m->checkpointing || !dr_is_grad_enabled()) return 0;
+    for (int64_t k = 0; k < m->nparams; k++)
+        if (dr_tensor_requires_grad(m->params[k].t)) return 2;
+    return 1;
+}
+
 void dr_model_set_checkpointing(dr_model *m, int on) {
     if (m) m->checkpointing = on != 0;
 }

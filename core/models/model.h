@@ -95,6 +95,12 @@ dr_status dr_unet_build(dr_model *m, const dr_json *cfg);
 dr_status dr_vae_build(dr_model *m, const dr_json *cfg);
 dr_status dr_clip_text_build(dr_model *m, const dr_json *cfg);
 
+/* How a forward should checkpoint its blocks (nn_checkpoint's mode): 0 not at
+ * all (off, or grad mode off); 1 blocks whose inputs require grad; 2 every
+ * block, since some parameter requires grad (LoRA-only training: the blocks
+ * before the first adapter have inputs that need no gradient). */
+int dr_model_checkpoint_mode(const dr_model *m);
+
 /* Checks that m is a model of `kind` for the function `op`. */
 dr_status dr_model_check(const dr_model *m, const char *kind, const char *op);
 

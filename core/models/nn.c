@@ -517,7 +517,8 @@ static int ckpt_backward(void *p, const dr_tensor *grad, dr_tensor **grads) {
     int was = dr_is_grad_enabled();
     dr_set_grad_enabled(1);
     if (st == DR_OK) st = c->fn(c->block, (const dr_tensor *const *)det, &out);
-    if (st == DR_OK) st = dr_backward(out, grad, 0);
+    /* a block without trainable parameters, reached only through the placeholder */
+    if (st == DR_OK && dr_tensor_requires_grad(out)) st = dr_backward(out, grad, 0);
     dr_set_grad_enabled(was);
     dr_tensor_release(out);
     for (int32_t i = 0; i < c->n; i++) {
@@ -527,12 +528,12 @@ static int ckpt_backward(void *p, const dr_tensor *grad, dr_tensor **grads) {
     return st;
 }
 
-dr_status nn_checkpoint(bool enabled, nn_block_fn fn, const void *block,
+dr_status nn_checkpoint(int mode, nn_block_fn fn, const void *block,
                         const dr_tensor *const *inputs, int32_t ninputs, dr_tensor **out) {
     *out = NULL;
     bool any = false;
     for (int32_t i = 0; i < ninputs; i++) any = any || dr_tensor_requires_grad(inputs[i]);
-    if (!enabled || !dr_is_grad_enabled() || !any || ninputs > DR_NODE_MAX_INPUTS)
+    if (mode == 0 || (mode == 1 && !any) || !dr_is_grad_enabled() || ninputs >= DR_NODE_MAX_INPUTS)
         return fn(block, inputs, out);
     ckpt_ctx *c = calloc(1, sizeof *c);
     if (!c) return dr_fail(DR_ERR_OOM, "checkpoint: out of memory");
@@ -543,17 +544,30 @@ dr_status nn_checkpoint(bool enabled, nn_block_fn fn, const void *block,
         c->inputs[i] = (dr_tensor *)inputs[i];
         dr_tensor_retain(c->inputs[i]);
     }
-    dr_set_grad_enabled(0);
-    dr_status st = fn(block, inputs, out);
-    dr_set_grad_enabled(1);
-    if (st != DR_OK) {
-        ckpt_release(c);
-        return st;
+    /* the node's inputs: the block's, or a placeholder leaf (its gradient is
+     * never written) when none of them is on the tape */
+    const dr_tensor *edges[DR_NODE_MAX_INPUTS];
+    int32_t nedges = ninputs;
+    dr_tensor *anchor = NULL;
+    for (int32_t i = 0; i < ninputs; i++) edges[i] = inputs[i];
+    dr_status st = DR_OK;
+    if (!any) {
+        st = dr_tensor_full(NULL, 0, DR_F32, inputs[0]->device, 0.0, &anchor);
+        if (st == DR_OK) st = dr_tensor_set_requires_grad(anchor, 1);
+        edges[nedges++] = anchor;
     }
-    st = dr_autograd_custom(*out, "checkpoint", inputs, ninputs, ckpt_backward, c, ckpt_release);
-    if (st != DR_OK) {
-        ckpt_release(c);
-        dr_drop(out);
+    if (st == DR_OK) {
+        dr_set_grad_enabled(0);
+        st = fn(block, inputs, out);
+        dr_set_grad_enabled(1);
     }
+    if (st == DR_OK) {
+        st = dr_autograd_custom(*out, "checkpoint", edges, nedges, ckpt_backward, c, ckpt_release);
+        if (st != DR_OK) ckpt_release(c); /* on failure it leaves ctx to the caller */
+    } else {
+        ckpt_release(c);
+    }
+    if (st != DR_OK) dr_drop(out);
+    dr_tensor_release(anchor);
     return st;
 }

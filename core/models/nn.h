@@ -108,12 +108,15 @@ dr_status nn_transformer_forward(const nn_transformer *t, const dr_tensor *x,
 dr_status nn_scale(const dr_tensor *x, double s, dr_tensor **out);
 
 /* Gradient checkpointing of one block: runs fn(block, inputs) without keeping its
- * intermediates and recomputes it in backward (torch.utils.checkpoint). When
- * `enabled` is false, grad mode is off, or no input requires grad, fn simply runs
- * (parameters used by fn still get gradients then). The block must be deterministic. */
+ * intermediates and recomputes it in backward (torch.utils.checkpoint). mode
+ * (dr_model_checkpoint_mode): 0 fn simply runs; 1 checkpoint when an input
+ * requires grad (else fn simply runs: parameters still get gradients); 2 always,
+ * tying the node to the tape through a placeholder input when no input requires
+ * grad, so trainable parameters inside fn get their gradients from the rerun.
+ * The block must be deterministic. */
 typedef dr_status (*nn_block_fn)(const void *block, const dr_tensor *const *inputs,
                                  dr_tensor **out);
-dr_status nn_checkpoint(bool enabled, nn_block_fn fn, const void *block,
+dr_status nn_checkpoint(int mode, nn_block_fn fn, const void *block,
                         const dr_tensor *const *inputs, int32_t ninputs, dr_tensor **out);
 
 #endif

@@ -282,7 +282,7 @@ static dr_status transformer_fn(const void *block, const dr_tensor *const *in, d
 
 typedef struct unet_run {
     const unet *u;
-    bool ckpt;
+    int ckpt; /* dr_model_checkpoint_mode */
     const dr_tensor *temb, *context;
     dr_tensor *skips[UNET_MAX_BLOCKS * (UNET_MAX_LAYERS + 1) + 1];
     int64_t nskips;
@@ -365,7 +365,7 @@ dr_status dr_unet_forward(dr_model *m, const dr_tensor *sample, const dr_tensor 
         return dr_fail(DR_ERR_SHAPE, "unet: encoder_hidden_states must be [%lld, L, %lld] (cross_attention_dim), got %s",
                        (long long)batch, (long long)u->cross_dim, dr_shape_str(ehs));
 
-    unet_run r = {.u = u, .ckpt = m->checkpointing, .context = ehs};
+    unet_run r = {.u = u, .ckpt = dr_model_checkpoint_mode(m), .context = ehs};
     dr_tensor *t_emb = NULL, *emb = NULL, *temb = NULL, *h = NULL, *t = NULL;
     dr_status st = timestep_embedding(u, timestep, batch, &t_emb);
     if (st == DR_OK) st = nn_linear_forward(&u->time1, t_emb, &emb);

@@ -269,14 +269,14 @@ static dr_status attention_fn(const void *block, const dr_tensor *const *in, dr_
 }
 
 /* *h = f(*h) for the checkpointable blocks */
-static dr_status run_resnet(bool ckpt, const nn_resnet *r, dr_tensor **h) {
+static dr_status run_resnet(int ckpt, const nn_resnet *r, dr_tensor **h) {
     dr_tensor *t = NULL;
     DR_TRY(nn_checkpoint(ckpt, resnet_fn, r, (const dr_tensor *[]){*h}, 1, &t));
     dr_swap(h, t);
     return DR_OK;
 }
 
-static dr_status run_mid(bool ckpt, const vae_mid *mid, dr_tensor **h) {
+static dr_status run_mid(int ckpt, const vae_mid *mid, dr_tensor **h) {
     DR_TRY(run_resnet(ckpt, &mid->res[0], h));
     if (mid->has_attn) {
         dr_tensor *t = NULL;
@@ -299,7 +299,7 @@ static dr_status run_out(const nn_norm *norm, const nn_conv *conv, dr_tensor **h
 }
 
 /* x -> moments [B, 2 latent, H/f, W/f]; *h is the caller's to release */
-static dr_status encoder_forward(const vae *v, bool ckpt, const dr_tensor *x, dr_tensor **h) {
+static dr_status encoder_forward(const vae *v, int ckpt, const dr_tensor *x, dr_tensor **h) {
     dr_tensor *t = NULL;
     DR_TRY(nn_conv_forward(&v->enc_conv_in, x, h));
     for (int64_t i = 0; i < v->nblocks; i++) {
@@ -322,7 +322,7 @@ static dr_status encoder_forward(const vae *v, bool ckpt, const dr_tensor *x, dr
 }
 
 /* z -> image; *h is the caller's to release */
-static dr_status decoder_forward(const vae *v, bool ckpt, const dr_tensor *z, dr_tensor **h) {
+static dr_status decoder_forward(const vae *v, int ckpt, const dr_tensor *z, dr_tensor **h) {
     dr_tensor *t = NULL;
     if (v->has_post_quant) {
         DR_TRY(nn_conv_forward(&v->post_quant, z, &t));
@@ -371,7 +371,7 @@ dr_status dr_vae_encode(dr_model *m, const dr_tensor *x, dr_tensor **mean, dr_te
                        (long long)v->in_channels, (long long)f, dr_shape_str(x));
     DR_TRY(check_like_params(x, v->enc_conv_in.weight, "encode", "x"));
     dr_tensor *h = NULL, *part = NULL;
-    dr_status st = encoder_forward(v, m->checkpointing, x, &h);
+    dr_status st = encoder_forward(v, dr_model_checkpoint_mode(m), x, &h);
     if (st == DR_OK && mean) {
         st = dr_tensor_narrow(h, 1, 0, v->latent, &part);
         if (st == DR_OK) st = dr_tensor_contiguous(part, mean);
@@ -401,7 +401,7 @@ dr_status dr_vae_decode(dr_model *m, const dr_tensor *z, dr_tensor **out) {
     const dr_tensor *first = v->has_post_quant ? v->post_quant.weight : v->dec_conv_in.weight;
     DR_TRY(check_like_params(z, first, "decode", "z"));
     dr_tensor *h = NULL;
-    dr_status st = decoder_forward(v, m->checkpointing, z, &h);
+    dr_status st = decoder_forward(v, dr_model_checkpoint_mode(m), z, &h);
     if (st != DR_OK) {
         dr_tensor_release(h);
         return st;
