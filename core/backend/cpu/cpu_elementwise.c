@@ -25,12 +25,28 @@ static inline int64_t apply_i64(dr_binary_op op, int64_t x, int64_t y, int64_t a
     }
 }
 
-/* Contiguous float32 fast path: one loop the compiler vectorises. */
+/* Contiguous float32 fast path: one loop per op, so the compiler vectorises it
+ * (a switch inside the loop kept it scalar: 3x slower than torch). */
+#define BINARY_LOOP(expr)                                                   \
+    _Pragma("omp parallel for simd schedule(static) if (n > DR_CPU_PARALLEL_MIN)") \
+    for (int64_t i = 0; i < n; i++) o[i] = (expr)
+
 static void binary_f32_contig(dr_binary_op op, float *o, const float *a, const float *b,
                               float alpha, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > DR_CPU_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; i++) o[i] = apply_f32(op, a[i], b[i], alpha);
+    switch (op) {
+    case DR_OP_ADD:
+        if (alpha == 1.0f) { BINARY_LOOP(a[i] + b[i]); }
+        else { BINARY_LOOP(a[i] + alpha * b[i]); }
+        break;
+    case DR_OP_SUB:
+        if (alpha == 1.0f) { BINARY_LOOP(a[i] - b[i]); }
+        else { BINARY_LOOP(a[i] - alpha * b[i]); }
+        break;
+    case DR_OP_MUL: BINARY_LOOP(a[i] * b[i]); break;
+    default: BINARY_LOOP(a[i] / b[i]); break;
+    }
 }
+#undef BINARY_LOOP
 
 dr_status dr_cpu_binary(dr_binary_op op, dr_tensor *out, const dr_tensor *a,
                         const dr_tensor *b, double alpha) {
