@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cblas.h>
+#include <omp.h>
 
 #include "cpu_internal.h"
 
@@ -59,6 +60,24 @@ static int64_t piece(int64_t d, int64_t parts) {
     return (t + 63) / 64 * 64;
 }
 
+typedef struct tile_job {
+    const gemm_operand *a, *b;
+    float *o;
+    int64_t m, n, k, tm, tn, pm, pn;
+} tile_job;
+
+/* Tile t: batch i, rows [r0, r0 + tm), columns [c0, c0 + tn), one BLAS call. */
+static void run_tile(const tile_job *j, int64_t t) {
+    const gemm_operand *ga = j->a, *gb = j->b;
+    int64_t i = t / (j->pm * j->pn), r0 = (t / j->pn % j->pm) * j->tm, c0 = t % j->pn * j->tn;
+    int64_t rows = j->m - r0 < j->tm ? j->m - r0 : j->tm, cols = j->n - c0 < j->tn ? j->n - c0 : j->tn;
+    const float *pa = ga->base + i * ga->batch_stride + r0 * (ga->trans == CblasNoTrans ? ga->ld : 1);
+    const float *pb = gb->base + i * gb->batch_stride + c0 * (gb->trans == CblasNoTrans ? 1 : gb->ld);
+    cblas_sgemm(CblasRowMajor, ga->trans, gb->trans, (blasint)rows, (blasint)cols, (blasint)j->k,
+                1.0f, pa, (blasint)ga->ld, pb, (blasint)gb->ld, 0.0f,
+                j->o + i * j->m * j->n + r0 * j->n + c0, (blasint)j->n);
+}
+
 dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b) {
     int64_t batch = out->sizes[0], m = out->sizes[1], n = out->sizes[2], k = a->sizes[2];
     float *o = (float *)dr_cpu_base(out) + out->storage_offset;
@@ -83,17 +102,29 @@ dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b) 
      * once per row tile, measurable on one thread (bench/README.md). */
     int64_t tm = piece(m, TILES), pm0 = (m + tm - 1) / tm;
     int64_t tn = pm0 >= TILES ? n : piece(n, (TILES + pm0 - 1) / pm0);
+    /* OpenBLAS threads a product it gets outside an active parallel region once
+     * m n k >= 2^18 (it asks omp_in_parallel()): inside our one-thread region that
+     * made a nested team, i.e. new threads on every call, and bits that depend on
+     * the thread count. Such a product is cut in two (a shape-determined cut, in
+     * multiples of 16), so it runs in an active region like the rest. */
+    bool blas_would_thread = (double)m * (double)n * (double)k >= (double)(1 << 18);
+    if (batch == 1 && (m + tm - 1) / tm == 1 && (n + tn - 1) / tn == 1 && blas_would_thread) {
+        if (n >= 32) tn = ((n + 1) / 2 + 15) / 16 * 16;
+        else if (m >= 32) tm = ((m + 1) / 2 + 15) / 16 * 16;
+    }
     int64_t pm = (m + tm - 1) / tm, pn = (n + tn - 1) / tn, tasks = batch * pm * pn;
-    bool parallel = tasks > 1 && batch * m * n * k >= (int64_t)1 << 16;
+    bool parallel = tasks > 1 && (batch * m * n * k >= (int64_t)1 << 16 || blas_would_thread);
+    /* what still reaches BLAS alone (m and n both under 32): an active region of
+     * two where one thread calls it, so BLAS stays single-threaded */
+    bool guard = !parallel && blas_would_thread && omp_get_max_threads() > 1;
+    tile_job job = {&ga, &gb, o, m, n, k, tm, tn, pm, pn};
+    if (guard) {
+#pragma omp parallel num_threads(2)
+        if (omp_get_thread_num() == 0)
+            for (int64_t t = 0; t < tasks; t++) run_tile(&job, t);
+    } else {
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t i = t / (pm * pn), r0 = (t / pn % pm) * tm, c0 = t % pn * tn;
-        int64_t rows = m - r0 < tm ? m - r0 : tm, cols = n - c0 < tn ? n - c0 : tn;
-        const float *pa = ga.base + i * ga.batch_stride + r0 * (ga.trans == CblasNoTrans ? ga.ld : 1);
-        const float *pb = gb.base + i * gb.batch_stride + c0 * (gb.trans == CblasNoTrans ? 1 : gb.ld);
-        cblas_sgemm(CblasRowMajor, ga.trans, gb.trans, (blasint)rows, (blasint)cols, (blasint)k,
-                    1.0f, pa, (blasint)ga.ld, pb, (blasint)gb.ld, 0.0f,
-                    o + i * m * n + r0 * n + c0, (blasint)n);
+        for (int64_t t = 0; t < tasks; t++) run_tile(&job, t);
     }
     free(ga.packed);
     free(gb.packed);
