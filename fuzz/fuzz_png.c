@@ -24,8 +24,17 @@ static uint32_t be32(const uint8_t *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/* The IHDR chunk's data (width, height, depth, ...), wherever it is: libpng
+ * accepts unknown chunks before it, so it is not always at byte 16. */
+static const uint8_t *find_ihdr(const uint8_t *data, size_t size) {
+    for (size_t i = 8; i + 4 + 13 <= size; i++)
+        if (memcmp(data + i, "IHDR", 4) == 0) return data + i + 4;
+    return NULL;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size >= 33 && (uint64_t)be32(data + 16) * be32(data + 20) > (1u << 20)) return 0;
+    const uint8_t *ihdr = find_ihdr(data, size);
+    if (ihdr && (uint64_t)be32(ihdr) * be32(ihdr + 4) > (1u << 20)) return 0;
     uint8_t *copy = malloc(size ? size : 1); /* exact size: ASan sees over-reads */
     if (!copy) return 0;
     memcpy(copy, data, size);
@@ -39,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     REQUIRE(dr_png_decode(copy, size, "fuzz.png", 4, DR_F32, &floats) == DR_OK);
-    int depth16 = size > 24 && data[24] == 16;
+    int depth16 = ihdr && ihdr[8] == 16;
     int64_t n = dr_tensor_numel(bytes);
     const uint8_t *b = dr_tensor_data(bytes);
     const float *f = dr_tensor_data(floats);
