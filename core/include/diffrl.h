@@ -589,6 +589,27 @@ dr_status dr_png_read(const char *path, int32_t channels, int32_t dtype, dr_tens
 dr_status dr_png_decode(const uint8_t *data, size_t size, const char *name, int32_t channels,
                         int32_t dtype, dr_tensor **out);
 
+/* ---- io: JPEG images (core/io/jpeg.c) --------------------------------------- */
+/* [section: jpeg] */
+/* JPEG bytes <-> image tensors [C, H, W] on the cpu (libjpeg-turbo), in memory.
+ * dr_jpeg_encode: image [1 or 3, H, W], float (float32/16, bfloat16; clamped to
+ *   [0, 1], NaN as 0, byte = (x * 255) rounded half to even in float32, as png)
+ *   or uint8, any strides; quality 1..100. The settings of PIL's
+ *   Image.save(buf, "JPEG", quality=q): baseline, JFIF, 4:2:0 for RGB, standard
+ *   Huffman tables, so the sizes are PIL's (DDPO's JPEG rewards). *data is a new
+ *   buffer of *size bytes; free it with dr_jpeg_free. Sides 1..65500.
+ * dr_jpeg_read / dr_jpeg_decode: any JPEG libjpeg reads (baseline, progressive,
+ *   arithmetic; gray, YCbCr, RGB, CMYK/YCCK as PIL converts them) as a new
+ *   contiguous [channels, H, W] tensor, channels 3 (RGB) or 1 (the file's gray, or
+ *   PIL's convert("L")); dtype DR_U8 gives bytes, DR_F32 v / 255. Corrupt or
+ *   truncated data fails with DR_ERR_IO naming the file (decode: `name`, may be
+ *   NULL), never a gray-filled image. */
+dr_status dr_jpeg_encode(const dr_tensor *image, int32_t quality, uint8_t **data, size_t *size);
+void dr_jpeg_free(uint8_t *data);
+dr_status dr_jpeg_read(const char *path, int32_t channels, int32_t dtype, dr_tensor **out);
+dr_status dr_jpeg_decode(const uint8_t *data, size_t size, const char *name, int32_t channels,
+                         int32_t dtype, dr_tensor **out);
+
 /* ---- models (core/models) -------------------------------------------------- */
 /* [section: models] */
 /* Stable Diffusion's networks, built from their diffusers / transformers

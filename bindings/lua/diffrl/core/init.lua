@@ -24,6 +24,7 @@ for k, v in pairs(require 'diffrl.core.ops_compose') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.io') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.tokenizer') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.image') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.jpeg') do M[k] = v end
 for _, k in ipairs { 'Model', 'load_model', 'is_model' } do M[k] = require('diffrl.core.models')[k] end
 
 -- dtypes as torch spells them: dr.float32 == 'float32'
