@@ -12,7 +12,12 @@ local M = {}
 for k, v in pairs(core) do M[k] = v end
 M.optim = require 'diffrl.optim'
 M.sampler = require 'diffrl.sampler'
-
+M.rewards = require 'diffrl.rewards'
+M.prompts = require 'diffrl.prompts'
+M.config = require 'diffrl.config'
+M.rundir = require 'diffrl.rundir'
+M.progress = require 'diffrl.progress'
 M.pipeline = require 'diffrl.pipeline'
+M.rl = require 'diffrl.rl'
 
 return M

@@ -7,7 +7,8 @@
 --     seed = 0,  height = 512,  width = 512,  batch = 1,
 --     latents = x_T,                -- optional initial noise [B, 4, h, w]
 --     keep_trajectory = false,  progress = function(i, n) end,
---   }                               -- images [B, 3, H, W] in [0, 1]
+--   }                               -- images [B, 3, H, W] in [0, 1]; traj (keep_trajectory):
+--                                   -- timesteps, latents, log_probs, cond, uncond, guidance, eta, prompts
 --   pipe:encode_prompt({ 'a', 'b' })   -- [B, 77, D] text embeddings (no grad)
 --   pipe:decode(latents)               -- VAE decode of scaled latents, in [0, 1]
 --   pipe:encode(images)                -- [0, 1] images -> scaled latents (posterior mean)
@@ -152,6 +153,10 @@ function Pipeline.sample(p, o)
     latents = o.latents,
     shape = o.latents == nil and { batch, p.latent_channels, height / p.vae_scale, width / p.vae_scale } or nil,
   }
+  if traj then -- what the policy-gradient step recomputes the prediction from
+    traj.cond, traj.uncond, traj.guidance, traj.eta = cond, uncond, scale, o.eta or 0
+    traj.prompts = prompts
+  end
   return p:decode(latents), latents, traj
 end
 

@@ -77,32 +77,6 @@ function M.parse(args)
   return o
 end
 
--- A progress bar on stderr: redrawn in place on a terminal, a few lines otherwise.
-local function progress_bar(label)
-  local host_ok, host = pcall(require, 'diffrl.host')
-  local tty = host_ok and host.isatty and host.isatty(2)
-  local t0, last = os.clock(), -1
-  local wall0 = os.time()
-  return function(i, n)
-    local elapsed = os.time() - wall0
-    if tty then
-      local width = 30
-      local fill = math.floor(width * i / n)
-      io.stderr:write(('\r%s [%s%s] %d/%d  %ds'):format(label, ('#'):rep(fill), ('.'):rep(width - fill),
-        i, n, elapsed))
-      if i == n then io.stderr:write('\n') end
-    else
-      local pct = math.floor(10 * i / n)
-      if pct ~= last then
-        last = pct
-        io.stderr:write(('%s %d/%d (%ds)\n'):format(label, i, n, elapsed))
-      end
-    end
-    io.stderr:flush()
-    return t0
-  end
-end
-
 function M.run(args)
   local o, err = M.parse(args)
   if not o then return usage_error(err) end
@@ -113,7 +87,7 @@ function M.run(args)
     local images = pipe:sample {
       prompt = o.prompt, negative = o.negative, steps = o.steps, cfg = o.cfg, eta = o.eta,
       seed = o.seed, height = o.height, width = o.width, batch = o.batch,
-      progress = progress_bar('sampling'),
+      progress = require('diffrl.progress').callback('sampling'),
     }
     local out = o.output or 'sample.png'
     local written = {}

@@ -1,0 +1,837 @@
+-- diffrl.config: recipe settings as Lua tables checked against a schema, layered
+-- (schema defaults < recipe defaults < --config FILE < --set overrides), read from
+-- the command line, and written back as Lua (run_dir/config.lua).
+--
+--   local schema = config.schema(config.merge(config.common(), {
+--     train = { lr = { type = 'number', default = 1e-4, min = 0, doc = 'AdamW step size' } },
+--   }))
+--   local cfg, args = config.from_cli(schema, arg, { sample = { batch_size = 8 } })
+--
+-- A spec is a nested table whose leaves are fields
+--   { type = 'number'|'integer'|'string'|'boolean'|'list'|'table'|'function'|'any',
+--     default =, min =, max =, choices = {...}, of = TYPE (lists), doc =, optional = true }
+-- and whose other tables are sections. A field without default that is not optional is
+-- required. Every error is raised as "config: ..." without a position (error(msg, 0)).
+-- Pure Lua: no diffrl.core, so it also runs under plain luajit.
+local M = {}
+
+local function fail(fmt, ...)
+  error('config: ' .. (select('#', ...) > 0 and fmt:format(...) or fmt), 0)
+end
+
+local TYPES = { number = true, integer = true, string = true, boolean = true, list = true,
+                table = true, ['function'] = true, any = true }
+local ATTRIBUTES = { type = true, default = true, min = true, max = true, choices = true,
+                     of = true, doc = true, optional = true }
+local KEYWORDS = {}
+for w in ([[and break do else elseif end false for function goto if in local nil not or
+           repeat return then true until while]]):gmatch('%a+') do KEYWORDS[w] = true end
+
+local function is_field(t)
+  return type(t) == 'table' and type(t.type) == 'string'
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  local rank = { number = 1, string = 2, boolean = 3 }
+  table.sort(keys, function(a, b)
+    local ta, tb = type(a), type(b)
+    if ta ~= tb then return (rank[ta] or 4) < (rank[tb] or 4) end
+    if ta == 'boolean' then return (not a) and b end
+    if ta == 'number' or ta == 'string' then return a < b end
+    return tostring(a) < tostring(b)
+  end)
+  return keys
+end
+
+-- The length of t's run of values from 1 (no holes, unlike #t).
+local function array_length(t)
+  local n = 0
+  while t[n + 1] ~= nil do n = n + 1 end
+  return n
+end
+
+local function is_list(t)
+  local count = 0
+  for _ in pairs(t) do count = count + 1 end
+  return count == array_length(t)
+end
+
+-- Plain tables are copied; objects (tables with a metatable) are shared.
+local function deep_copy(v, seen)
+  if type(v) ~= 'table' or getmetatable(v) ~= nil then return v end
+  seen = seen or {}
+  if seen[v] then return seen[v] end
+  local out = {}
+  seen[v] = out
+  for k, x in pairs(v) do out[deep_copy(k, seen)] = deep_copy(x, seen) end
+  return out
+end
+M.copy = deep_copy
+
+local function split_path(path)
+  if type(path) ~= 'string' or path == '' then fail('a key must be a non-empty string, got %s', tostring(path)) end
+  local parts = {}
+  for part in (path .. '.'):gmatch('([^.]*)%.') do
+    if part == '' then fail("malformed key '%s'", path) end
+    parts[#parts + 1] = part
+  end
+  return parts
+end
+
+-- ---- values in messages ---------------------------------------------------------------
+
+-- The shortest of %.15g/%.16g/%.17g that reads back as exactly v.
+local function number_text(v)
+  if v ~= v then return 'nan' end
+  if v == math.huge then return 'inf' elseif v == -math.huge then return '-inf' end
+  if v == math.floor(v) and math.abs(v) < 2 ^ 53 then
+    if v == 0 and 1 / v < 0 then return '-0.0' end
+    return ('%d'):format(v)
+  end
+  for digits = 15, 16 do
+    local s = ('%.' .. digits .. 'g'):format(v)
+    if tonumber(s) == v then return s end
+  end
+  return ('%.17g'):format(v)
+end
+
+local function describe(v)
+  local t = type(v)
+  if t == 'number' then return number_text(v) end
+  if t == 'string' then return ("'%s' (a string)"):format(v) end
+  if t == 'boolean' then return tostring(v) end
+  if t == 'nil' then return 'nothing' end
+  return 'a ' .. t
+end
+
+local function type_name(field)
+  local t = field.type
+  if t == 'integer' then return 'an integer' end
+  if t == 'any' then return 'a value' end
+  if t == 'list' and field.of then return ('a list of %ss'):format(field.of == 'any' and 'value' or field.of) end
+  return 'a ' .. t
+end
+
+local function choices_text(choices)
+  local out = {}
+  for i, c in ipairs(choices) do
+    out[i] = type(c) == 'string' and ("'%s'"):format(c) or describe(c)
+  end
+  return table.concat(out, ', ')
+end
+
+-- ---- checking one value against its field ---------------------------------------------
+
+local function has_type(t, v)
+  if t == 'any' then return v ~= nil end
+  if t == 'number' then return type(v) == 'number' and v == v end
+  if t == 'integer' then
+    return type(v) == 'number' and v == math.floor(v) and v > -math.huge and v < math.huge
+  end
+  if t == 'list' then return type(v) == 'table' and is_list(v) end
+  return type(v) == t
+end
+
+local function check_scalar(field, path, v)
+  if field.choices then
+    for _, c in ipairs(field.choices) do if c == v then return end end
+    fail('%s: expected one of %s, got %s', path, choices_text(field.choices), choices_text { v })
+  end
+  if type(v) == 'number' then
+    if field.min and v < field.min then
+      fail('%s: must be >= %s, got %s', path, number_text(field.min), number_text(v))
+    end
+    if field.max and v > field.max then
+      fail('%s: must be <= %s, got %s', path, number_text(field.max), number_text(v))
+    end
+  end
+end
+
+local function check_value(field, path, v)
+  if not has_type(field.type, v) then fail('%s: expected %s, got %s', path, type_name(field), describe(v)) end
+  if field.type == 'list' then
+    local of = field.of and { type = field.of }
+    for i, x in ipairs(v) do
+      local where = ('%s[%d]'):format(path, i)
+      if of and not has_type(of.type, x) then fail('%s: expected %s, got %s', where, type_name(of), describe(x)) end
+      check_scalar(field, where, x)
+    end
+  else
+    check_scalar(field, path, v)
+  end
+end
+
+-- ---- schema ----------------------------------------------------------------------------
+
+local Schema = {}
+Schema.__index = Schema
+
+local function add_fields(schema, node, prefix)
+  for _, k in ipairs(sorted_keys(node)) do
+    local v = node[k]
+    if type(k) ~= 'string' or not k:match('^[%a_][%w_]*$') then
+      fail("schema: '%s%s' is not a valid key name", prefix, tostring(k))
+    end
+    local path = prefix .. k
+    if is_field(v) then
+      for a in pairs(v) do
+        if not ATTRIBUTES[a] then fail("schema: %s: unknown attribute '%s'", path, tostring(a)) end
+      end
+      if not TYPES[v.type] then fail("schema: %s: unknown type '%s'", path, v.type) end
+      if v.of ~= nil and (v.type ~= 'list' or not TYPES[v.of] or v.of == 'list') then
+        fail("schema: %s: 'of' must be an element type of a list field", path)
+      end
+      if v.choices ~= nil and (type(v.choices) ~= 'table' or #v.choices == 0) then
+        fail("schema: %s: 'choices' must be a non-empty list", path)
+      end
+      for _, bound in ipairs { 'min', 'max' } do
+        if v[bound] ~= nil and type(v[bound]) ~= 'number' then
+          fail("schema: %s: '%s' must be a number", path, bound)
+        end
+      end
+      if v.doc ~= nil and type(v.doc) ~= 'string' then fail("schema: %s: 'doc' must be a string", path) end
+      if v.default ~= nil then
+        local ok, err = pcall(check_value, v, path, v.default)
+        if not ok then fail('schema: default of %s', err:sub(#'config: ' + 1)) end
+      end
+      schema.fields[path] = v
+      schema.paths[#schema.paths + 1] = path
+    elseif type(v) == 'table' then
+      schema.sections[path] = true
+      add_fields(schema, v, path .. '.')
+    else
+      fail("schema: %s: expected a field ({ type = ... }) or a section (a table), got %s", path, describe(v))
+    end
+  end
+end
+
+-- spec -> schema: checks the spec (known types and attributes, defaults that pass
+-- their own field) and indexes its fields by dotted path.
+function M.schema(spec)
+  if getmetatable(spec) == Schema then return spec end
+  if type(spec) ~= 'table' then fail('schema: expected a table, got %s', describe(spec)) end
+  local self = setmetatable({ spec = deep_copy(spec), fields = {}, paths = {}, sections = {} }, Schema)
+  add_fields(self, self.spec, '')
+  return self
+end
+
+function M.is_schema(x) return getmetatable(x) == Schema end
+
+-- Deep merge of two spec tables (neither is changed); b wins. A field in b replaces
+-- a field or section of a; a table without `type` in b over a field of a changes
+-- only the attributes it names: merge(common, { train = { iterations = { default = 50 } } }).
+function M.merge(a, b)
+  local out = deep_copy(a or {})
+  for k, v in pairs(b or {}) do
+    local old = out[k]
+    if type(v) == 'table' and not is_field(v) and is_field(old) then
+      for attr, x in pairs(v) do old[attr] = deep_copy(x) end
+    elseif type(v) == 'table' and not is_field(v) and type(old) == 'table' then
+      out[k] = M.merge(old, v)
+    else
+      out[k] = deep_copy(v)
+    end
+  end
+  return out
+end
+
+-- The keys every recipe accepts, with these names (issue 6).
+function M.common()
+  return {
+    run = {
+      dir = { type = 'string', optional = true,
+              doc = 'run folder (config.lua, metrics.jsonl, samples, checkpoints); ' ..
+                    'unset: the trainer picks runs/<recipe>-<time>' },
+      seed = { type = 'integer', default = 0, doc = 'Philox seed: the same seed and config give the same run' },
+    },
+    model = {
+      path = { type = 'string',
+               doc = 'diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)' },
+    },
+    train = {
+      iterations = { type = 'integer', default = 1000, min = 1,
+                     doc = 'RL iterations (sample, score, policy-gradient steps)' },
+    },
+    sample = {
+      batch_size = { type = 'integer', min = 1, doc = 'images sampled per iteration on each rank' },
+      steps = { type = 'integer', min = 1, doc = 'denoising steps per image' },
+    },
+    checkpoint = {
+      every = { type = 'integer', min = 1, doc = 'write a checkpoint every N iterations' },
+      keep = { type = 'integer', default = 3, min = 1, doc = 'checkpoints kept (the oldest are removed)' },
+    },
+  }
+end
+
+-- ---- paths ------------------------------------------------------------------------------
+
+function M.get(tbl, path)
+  local v = tbl
+  for _, part in ipairs(split_path(path)) do
+    if type(v) ~= 'table' then return nil end
+    v = v[part]
+  end
+  return v
+end
+
+function M.set(tbl, path, value)
+  local parts = split_path(path)
+  local node = tbl
+  for i = 1, #parts - 1 do
+    local next_node = node[parts[i]]
+    if next_node == nil then
+      next_node = {}
+      node[parts[i]] = next_node
+    elseif type(next_node) ~= 'table' then
+      fail("cannot set '%s': '%s' is %s, not a table", path, table.concat(parts, '.', 1, i), describe(next_node))
+    end
+    node = next_node
+  end
+  node[parts[#parts]] = value
+  return tbl
+end
+
+-- ---- suggestions --------------------------------------------------------------------------
+
+local function levenshtein(a, b)
+  local prev, cur = {}, {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    cur[0] = i
+    local ca = a:byte(i)
+    for j = 1, #b do
+      local cost = ca == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev, cur = cur, prev
+  end
+  return prev[#b]
+end
+M.levenshtein = levenshtein
+
+-- The valid path nearest to `key` (fields and sections): within Levenshtein distance
+-- max(2, #key/3); failing that, the one field whose last name equals key's last name
+-- ('train.batch_size' -> 'sample.batch_size').
+function M.suggest(schema, key)
+  schema = M.schema(schema)
+  local candidates = {}
+  for _, p in ipairs(schema.paths) do candidates[#candidates + 1] = p end
+  for p in pairs(schema.sections) do candidates[#candidates + 1] = p end
+  table.sort(candidates)
+  local best, best_d = nil, math.max(2, math.floor(#key / 3)) + 1
+  for _, p in ipairs(candidates) do
+    local d = levenshtein(key, p)
+    if d < best_d then best, best_d = p, d end
+  end
+  if best then return best end
+  local last, found = key:match('([^.]*)$'), nil
+  for _, p in ipairs(schema.paths) do
+    if p:match('([^.]*)$') == last then
+      if found then return nil end
+      found = p
+    end
+  end
+  return found
+end
+
+local function unknown(schema, key)
+  local s = M.suggest(schema, key)
+  if s then fail("unknown key '%s' (did you mean '%s'?)", key, s) end
+  fail("unknown key '%s'", key)
+end
+
+-- ---- Lua literals (for --set values): parsed, never run ----------------------------------
+
+local function literal_error(text, why) fail("cannot read %s as a Lua literal: %s", ("%q"):format(text), why) end
+
+-- Reads a table/number/string/boolean literal; nothing in `text` is executed.
+function M.parse_literal(text)
+  local pos = 1
+  local function skip()
+    while true do
+      local s, e = text:find('^%s+', pos)
+      if s then pos = e + 1 end
+      if text:sub(pos, pos + 1) == '--' then
+        local long = text:match('^%-%-%[(=*)%[', pos)
+        if long then
+          local _, close = text:find(']' .. long .. ']', pos, true)
+          if not close then literal_error(text, 'unfinished comment') end
+          pos = close + 1
+        else
+          pos = (text:find('\n', pos, true) or #text) + 1
+        end
+      elseif not s then
+        return
+      end
+    end
+  end
+  local function string_token()
+    local q = text:sub(pos, pos)
+    local finish
+    if q == '"' or q == "'" then
+      local i = pos + 1
+      while true do
+        local c = text:sub(i, i)
+        if c == '' or c == '\n' then literal_error(text, 'unfinished string') end
+        if c == '\\' then i = i + 2 elseif c == q then break else i = i + 1 end
+      end
+      finish = i
+    else
+      local eq = text:match('^%[(=*)%[', pos)
+      local _, close = text:find(']' .. eq .. ']', pos, true)
+      if not close then literal_error(text, 'unfinished string') end
+      finish = close
+    end
+    -- A lone string token cannot execute anything; let Lua decode its escapes.
+    local chunk, err = loadstring('return ' .. text:sub(pos, finish), '=literal')
+    if not chunk then literal_error(text, err) end
+    pos = finish + 1
+    return setfenv(chunk, {})()
+  end
+  local value
+  function value()
+    skip()
+    local c = text:sub(pos, pos)
+    if c == '{' then
+      pos = pos + 1
+      local out, n = {}, 0
+      while true do
+        skip()
+        if text:sub(pos, pos) == '}' then pos = pos + 1; return out end
+        local key
+        if text:sub(pos, pos) == '[' and not text:match('^%[=*%[', pos) then
+          pos = pos + 1
+          key = value()
+          skip()
+          if text:sub(pos, pos) ~= ']' then literal_error(text, "expected ']'") end
+          pos = pos + 1
+          skip()
+          if text:sub(pos, pos) ~= '=' then literal_error(text, "expected '='") end
+          pos = pos + 1
+        else
+          local name, after = text:match('^([%a_][%w_]*)%s*=()', pos)
+          if name and not KEYWORDS[name] and text:sub(after, after) ~= '=' then
+            key, pos = name, after
+          end
+        end
+        local v = value()
+        if key == nil then n = n + 1; key = n end
+        if key ~= key then literal_error(text, 'nan is not a valid key') end
+        out[key] = v
+        skip()
+        local sep = text:sub(pos, pos)
+        if sep == ',' or sep == ';' then pos = pos + 1
+        elseif sep ~= '}' then literal_error(text, ("unexpected '%s' at position %d"):format(sep, pos)) end
+      end
+    elseif c == '"' or c == "'" or text:match('^%[=*%[', pos) then
+      return string_token()
+    end
+    local word = text:match('^[%a_][%w_]*', pos)
+    if word == 'true' or word == 'false' then
+      pos = pos + #word
+      return word == 'true'
+    end
+    local num = text:match('^%-?%s*0[xX][%x%.]+[pP]?[%+%-]?%d*', pos) or
+                text:match('^%-?%s*%.?%d[%d%.]*[eE][%+%-]?%d+', pos) or text:match('^%-?%s*%.?%d[%d%.]*', pos)
+    if num and num:match('%d') then
+      local neg, digits = num:match('^(%-?)%s*(.*)$')
+      local v = tonumber(digits)
+      if not v then literal_error(text, ("bad number '%s'"):format(num)) end
+      pos = pos + #num
+      return neg == '-' and -v or v
+    end
+    if c == '' then literal_error(text, 'unexpected end') end
+    literal_error(text, ("only tables, numbers, strings and booleans are allowed, found '%s'")
+      :format(text:match('^[^%s,;}]*', pos)))
+  end
+  local v = value()
+  skip()
+  if pos <= #text then literal_error(text, ("unexpected '%s' at position %d"):format(text:sub(pos, pos), pos)) end
+  return v
+end
+
+-- ---- --set values ---------------------------------------------------------------------------
+
+local BOOLEANS = { ['true'] = true, yes = true, ['1'] = true, on = true,
+                   ['false'] = false, no = false, ['0'] = false, off = false }
+
+local function trim(s) return (s:gsub('^%s+', ''):gsub('%s+$', '')) end
+
+-- text -> a value of the field's type (or the text itself when it does not parse;
+-- check_value then reports it).
+local function from_text(field, text, path, source)
+  local t = field.type
+  local function bad()
+    fail("%s: expected %s, got '%s' (from '%s')", path, type_name(field), text, source)
+  end
+  if t == 'string' then return text end
+  if t == 'number' or t == 'integer' then
+    local v = tonumber(trim(text))
+    if not v or not has_type(t, v) then bad() end
+    return v
+  end
+  if t == 'boolean' then
+    local v = BOOLEANS[trim(text):lower()]
+    if v == nil then bad() end
+    return v
+  end
+  if t == 'function' then fail("%s is a function; it cannot be set from the command line (from '%s')", path, source) end
+  if t == 'list' then
+    if trim(text):sub(1, 1) == '{' then return M.parse_literal(text) end
+    local out = {}
+    if trim(text) == '' then return out end
+    for item in (text .. ','):gmatch('([^,]*),') do
+      item = trim(item)
+      local of = field.of
+      if of == 'number' or of == 'integer' or ((of == nil or of == 'any') and tonumber(item)) then
+        out[#out + 1] = from_text({ type = of or 'number' }, item, ('%s[%d]'):format(path, #out + 1), source)
+      elseif of == 'boolean' then
+        out[#out + 1] = from_text({ type = of }, item, ('%s[%d]'):format(path, #out + 1), source)
+      else
+        out[#out + 1] = item
+      end
+    end
+    return out
+  end
+  if t == 'table' then return M.parse_literal(text) end
+  -- any: a literal when it reads as one, else the text
+  local ok, v = pcall(M.parse_literal, text)
+  if ok then return v end
+  return text
+end
+
+local Overrides = {}
+
+-- A resolve layer of command-line overrides: a list of 'a.b=v' strings or of
+-- { key =, value = [, text =] } (value a string, parsed by the field's type).
+function M.overrides(list)
+  local out = setmetatable({}, Overrides)
+  for i, s in ipairs(list or {}) do
+    if type(s) == 'string' then
+      local key, value = s:match('^([^=]+)=(.*)$')
+      if not key then fail("expected KEY=VALUE, got '%s'", s) end
+      out[i] = { key = key, value = value, text = s }
+    else
+      out[i] = { key = s.key, value = s.value, text = s.text or (s.key .. '=' .. tostring(s.value)) }
+    end
+  end
+  return out
+end
+
+-- One override { key =, value = (text) } -> the layer { [key] = parsed value },
+-- parsed by the type of the schema's field.
+function M.layer_from_set(schema, s)
+  schema = M.schema(schema)
+  local field = schema.fields[s.key]
+  if not field then unknown(schema, s.key) end
+  local text = s.text or (s.key .. '=' .. tostring(s.value))
+  return { [s.key] = from_text(field, s.value, s.key, text) }
+end
+
+-- ---- resolve --------------------------------------------------------------------------------
+
+-- The field owning `path` when a prefix of it is a free-form ('table'/'any') field.
+local function free_form_owner(schema, path)
+  local parts = split_path(path)
+  for i = #parts - 1, 1, -1 do
+    local f = schema.fields[table.concat(parts, '.', 1, i)]
+    if f then return (f.type == 'table' or f.type == 'any') and f or nil end
+  end
+end
+
+local function apply_overrides(schema, result, layer)
+  for _, s in ipairs(layer) do
+    local field = schema.fields[s.key]
+    if field then
+      M.set(result, s.key, from_text(field, s.value, s.key, s.text))
+    elseif free_form_owner(schema, s.key) then
+      M.set(result, s.key, from_text({ type = 'any' }, s.value, s.key, s.text))
+    else
+      unknown(schema, s.key)
+    end
+  end
+end
+
+local function apply_table(schema, result, layer, prefix)
+  for _, k in ipairs(sorted_keys(layer)) do
+    local v = layer[k]
+    if type(k) ~= 'string' then unknown(schema, prefix .. tostring(k)) end
+    local path = prefix .. k
+    if schema.fields[path] then
+      M.set(result, path, deep_copy(v))
+    elseif schema.sections[path] then
+      if type(v) ~= 'table' then fail("'%s' is a section: expected a table, got %s", path, describe(v)) end
+      apply_table(schema, result, v, path .. '.')
+    elseif k:find('.', 1, true) and (schema.fields[path] or free_form_owner(schema, path)) then
+      M.set(result, path, deep_copy(v))
+    else
+      unknown(schema, path)
+    end
+  end
+end
+
+-- schema, layers... -> a plain table holding every field (defaults filled in, each
+-- section a table), checked against the schema. Layers apply in order, later wins:
+-- nested tables ({ train = { lr = 1 } } or { ['train.lr'] = 1 }) or overrides
+-- (config.overrides / parse_args().sets). nil layers are skipped.
+function M.resolve(schema, ...)
+  schema = M.schema(schema)
+  local result = {}
+  for path in pairs(schema.sections) do
+    if M.get(result, path) == nil then M.set(result, path, {}) end
+  end
+  for _, path in ipairs(schema.paths) do
+    local d = schema.fields[path].default
+    if d ~= nil then M.set(result, path, deep_copy(d)) end
+  end
+  for i = 1, select('#', ...) do
+    local layer = select(i, ...)
+    if getmetatable(layer) == Overrides then
+      apply_overrides(schema, result, layer)
+    elseif type(layer) == 'table' then
+      apply_table(schema, result, layer, '')
+    elseif layer ~= nil then
+      fail('resolve: layer %d is %s, not a table', i, describe(layer))
+    end
+  end
+  for _, path in ipairs(schema.paths) do
+    local field, v = schema.fields[path], M.get(result, path)
+    if v == nil then
+      if not field.optional then
+        fail("missing required key '%s'%s", path, field.doc and (': ' .. field.doc) or '')
+      end
+    else
+      check_value(field, path, v)
+    end
+  end
+  return result
+end
+
+function Schema:resolve(...) return M.resolve(self, ...) end
+
+-- ---- command line -----------------------------------------------------------------------------
+
+local USAGE = "expected --config FILE, --resume DIR, --set KEY=VALUE, KEY=VALUE, --help or --"
+
+-- argv -> { config_file =, resume =, sets = (an overrides layer), help =, rest = }
+function M.parse_args(argv)
+  local args = { sets = setmetatable({}, Overrides), help = false, rest = {} }
+  local function add_set(text, what)
+    local key, value = text:match('^([%a_][%w_%.]*)=(.*)$')
+    if not key then fail("%s needs KEY=VALUE, got '%s'", what, text) end
+    args.sets[#args.sets + 1] = { key = key, value = value, text = text }
+  end
+  local function once(name, value)
+    if args[name] ~= nil then fail('%s given twice', name == 'config_file' and '--config' or '--' .. name) end
+    args[name] = value
+  end
+  local i, n = 1, #(argv or {})
+  while i <= n do
+    local a = argv[i]
+    local opt, inline = a:match('^(%-%-[%w-]+)=(.*)$')
+    opt = opt or a
+    local function value()
+      if inline then return inline end
+      i = i + 1
+      if argv[i] == nil then fail('%s needs a value', opt) end
+      return argv[i]
+    end
+    if a == '--' then
+      for j = i + 1, n do args.rest[#args.rest + 1] = argv[j] end
+      break
+    elseif a == '-h' or a == '--help' then
+      args.help = true
+    elseif opt == '--config' then
+      once('config_file', value())
+    elseif opt == '--resume' then
+      once('resume', value())
+    elseif opt == '--set' then
+      add_set(value(), '--set')
+    elseif a:match('^[%a_][%w_%.]*=') then
+      add_set(a, 'a setting')
+    else
+      fail("unknown argument '%s' (%s)", a, USAGE)
+    end
+    i = i + 1
+  end
+  return args
+end
+
+-- ---- config files -------------------------------------------------------------------------------
+
+local function sandbox()
+  local env = {
+    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs, pcall = pcall,
+    select = select, tonumber = tonumber, tostring = tostring, type = type, unpack = unpack,
+    rawequal = rawequal, rawget = rawget, rawset = rawset, setmetatable = setmetatable,
+  }
+  for _, lib in ipairs { 'math', 'string', 'table' } do
+    env[lib] = {}
+    for k, f in pairs(_G[lib]) do env[lib][k] = f end
+  end
+  env.string.dump = nil
+  env._G = env
+  return env
+end
+
+-- A Lua file returning a table, run with only safe functions (no io, os, require,
+-- load*, debug). Errors name the file and line.
+function M.load_file(path)
+  local f, err = io.open(path, 'rb')
+  if not f then fail('cannot open %s', err or path) end
+  local text = f:read('*a')
+  f:close()
+  if text:byte(1) == 27 then fail('%s: precompiled chunks are not accepted', path) end
+  local chunk, perr = loadstring((text:gsub('^#![^\n]*', '')), '@' .. path)
+  if not chunk then fail('%s', perr) end
+  setfenv(chunk, sandbox())
+  local ok, v = pcall(chunk)
+  if not ok then fail('%s', tostring(v)) end
+  if type(v) ~= 'table' then fail('%s: expected the file to return a table, got %s', path, describe(v)) end
+  return v
+end
+
+-- ---- writing ----------------------------------------------------------------------------------
+
+local function literal_number(v)
+  if v ~= v then return '0/0' end
+  if v == math.huge then return '1/0' elseif v == -math.huge then return '-1/0' end
+  return number_text(v)
+end
+
+local function literal_string(s)
+  return (('%q'):format(s):gsub('\\\n', '\\n'))
+end
+
+local function scalar(v)
+  local t = type(v)
+  if t == 'number' then return literal_number(v) end
+  if t == 'string' then return literal_string(v) end
+  if t == 'boolean' then return tostring(v) end
+end
+
+local function key_text(k, path)
+  if type(k) == 'string' and k:match('^[%a_][%w_]*$') and not KEYWORDS[k] then return k end
+  local s = scalar(k)
+  if not s then fail('serialize: %s: cannot write a %s key', path, type(k)) end
+  return '[' .. s .. ']'
+end
+
+-- tbl -> Lua source 'return { ... }' with sorted keys that load_file reads back to an
+-- equal table. opts.header: comment lines on top; opts.skip_functions: functions are
+-- written as comments instead of raising.
+function M.serialize(tbl, opts)
+  opts = opts or {}
+  if type(tbl) ~= 'table' then fail('serialize: expected a table, got %s', describe(tbl)) end
+  local out, active = {}, {}
+  if opts.header then
+    for line in (opts.header .. '\n'):gmatch('([^\n]*)\n') do out[#out + 1] = '-- ' .. line .. '\n' end
+  end
+  local function write(v, indent, path)
+    local s = scalar(v)
+    if s then out[#out + 1] = s; return end
+    if type(v) ~= 'table' then fail('serialize: %s: cannot write a %s', path, type(v)) end
+    if active[v] then fail('serialize: %s: the table contains itself', path) end
+    if getmetatable(v) ~= nil then fail('serialize: %s: cannot write a table with a metatable', path) end
+    if next(v) == nil then out[#out + 1] = '{}'; return end
+    active[v] = true
+    local n = array_length(v)
+    local inline = is_list(v) and n <= 16
+    for i = 1, n do inline = inline and scalar(v[i]) ~= nil and #scalar(v[i]) <= 24 end
+    if inline then
+      local items = {}
+      for i = 1, n do items[i] = scalar(v[i]) end
+      out[#out + 1] = '{ ' .. table.concat(items, ', ') .. ' }'
+    else
+      local inner = indent .. '  '
+      out[#out + 1] = '{\n'
+      for i = 1, n do
+        out[#out + 1] = inner
+        write(v[i], inner, ('%s[%d]'):format(path, i))
+        out[#out + 1] = ',\n'
+      end
+      for _, k in ipairs(sorted_keys(v)) do
+        local in_array = type(k) == 'number' and k >= 1 and k <= n and k == math.floor(k)
+        if not in_array then
+          local sub = path == '' and tostring(k) or path .. '.' .. tostring(k)
+          if type(v[k]) == 'function' and opts.skip_functions then
+            out[#out + 1] = inner .. '-- ' .. key_text(k, sub) .. ' = <function, not saved>\n'
+          else
+            out[#out + 1] = inner .. key_text(k, sub) .. ' = '
+            write(v[k], inner, sub)
+            out[#out + 1] = ',\n'
+          end
+        end
+      end
+      out[#out + 1] = indent .. '}'
+    end
+    active[v] = nil
+  end
+  out[#out + 1] = 'return '
+  write(tbl, '', '')
+  out[#out + 1] = '\n'
+  return table.concat(out)
+end
+
+-- ---- help -------------------------------------------------------------------------------------
+
+local function show(v)
+  if type(v) == 'table' then return (M.serialize(v):gsub('^return ', ''):gsub('\n$', ''):gsub('%s+', ' ')) end
+  return scalar(v) or ('<' .. type(v) .. '>')
+end
+
+-- Every key with its type, default, bounds and doc, section by section, after the
+-- command-line options (opts.options = false leaves those out).
+function M.help(schema, opts)
+  schema = M.schema(schema)
+  local lines = {}
+  if not (opts and opts.options == false) then
+    lines = {
+      'Options:',
+      '  --config FILE      a Lua file returning settings (layered over the defaults)',
+      '  --resume DIR       continue the run in DIR',
+      '  --set KEY=VALUE    change one setting (also plain KEY=VALUE); repeatable',
+      '  -h, --help         this text',
+      '',
+      'Settings (KEY  TYPE  = DEFAULT):',
+    }
+  end
+  local section, width = nil, 0
+  for _, path in ipairs(schema.paths) do width = math.max(width, #path) end
+  for _, path in ipairs(schema.paths) do
+    local f = schema.fields[path]
+    local top = path:match('^[^.]*')
+    if section and top ~= section then lines[#lines + 1] = '' end
+    section = top
+    local kind = f.type .. (f.of and (' of ' .. f.of) or '')
+    local parts = { '  ' .. path .. (' '):rep(width - #path), kind .. (' '):rep(8 - #kind) }
+    if f.default ~= nil then parts[#parts + 1] = '= ' .. show(f.default)
+    elseif f.optional then parts[#parts + 1] = '(optional)'
+    else parts[#parts + 1] = '(required)' end
+    if f.min then parts[#parts + 1] = '>= ' .. number_text(f.min) end
+    if f.max then parts[#parts + 1] = '<= ' .. number_text(f.max) end
+    if f.choices then parts[#parts + 1] = 'one of ' .. choices_text(f.choices) end
+    lines[#lines + 1] = table.concat(parts, '  ')
+    if f.doc then lines[#lines + 1] = '      ' .. f.doc end
+  end
+  return table.concat(lines, '\n') .. '\n'
+end
+
+function Schema:help() return M.help(self) end
+
+-- ---- all together -------------------------------------------------------------------------------
+
+-- parse_args + load_file(--config) + resolve(schema, recipe_defaults, file, sets).
+-- Returns cfg, args; with --help, returns nil, args (print config.help(schema)).
+-- --resume is only reported (args.resume): the caller decides what resuming reads.
+function M.from_cli(schema, argv, recipe_defaults)
+  schema = M.schema(schema)
+  local args = M.parse_args(argv or {})
+  if args.help then return nil, args end
+  local file = args.config_file and M.load_file(args.config_file)
+  return M.resolve(schema, recipe_defaults, file, args.sets), args
+end
+
+return M

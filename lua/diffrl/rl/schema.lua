@@ -1,0 +1,68 @@
+-- The settings every RL recipe shares (PAPER.md "Algorithm"). Defaults mirror the
+-- official imagereward_train_configs.yaml where it has the key (named in each doc as
+-- "YAML: key"); configs/imagereward.lua holds the paper's run on top of them.
+-- Recipes merge their own keys in: config.schema(config.merge(rl.schema.spec, {...})).
+local config = require 'diffrl.config'
+
+return config.schema(config.merge(config.common(), {
+  model = {
+    path = { type = 'string',
+             doc = 'diffusers model folder, e.g. stable-diffusion-2-base (YAML: pretrained_model_name)' },
+  },
+  train = {
+    iterations = { default = 1000, doc = 'RL iterations: sample, score, policy-gradient steps (YAML: max_iterations)' },
+    lr = { type = 'number', default = 2e-6, min = 0, doc = 'AdamW learning rate (YAML: learning_rate)' },
+    lr_schedule = { type = 'string', default = 'constant', choices = { 'constant', 'cosine' },
+                    doc = 'learning-rate schedule (YAML: lr_scheduler, constant | cosineannealing)' },
+    adam_beta1 = { type = 'number', default = 0.9, min = 0, max = 1, doc = 'AdamW beta1 (YAML: adam_*)' },
+    adam_beta2 = { type = 'number', default = 0.999, min = 0, max = 1, doc = 'AdamW beta2 (YAML: adam_*)' },
+    adam_eps = { type = 'number', default = 1e-8, min = 0, doc = 'AdamW epsilon (YAML: adam_*)' },
+    weight_decay = { type = 'number', default = 1e-2, min = 0, doc = 'AdamW decoupled weight decay (YAML: weight_decay)' },
+    clip_range = { type = 'number', default = 1e-4, min = 0,
+                   doc = 'importance-ratio clip: ratio kept in [1 - eps, 1 + eps] (YAML: clip_range)' },
+    adv_clip_max = { type = 'number', default = 10, min = 0,
+                     doc = 'advantages clamped to [-max, max] after normalization (YAML: ADV_CLIP_MAX)' },
+    timestep_count = { type = 'integer', default = 5, min = 1,
+                       doc = 'denoising steps drawn at random per iteration, one optimizer step each (YAML: n_train_steps)' },
+    inner_epochs = { type = 'integer', default = 1, min = 1,
+                     doc = 'passes over the sampled batch per iteration (not in the YAML: 1 there; DDPO num_inner_epochs)' },
+    grad_accum = { type = 'integer', default = 1, min = 1,
+                   doc = 'micro-batches accumulated per optimizer step (not in the YAML: 1 there)' },
+    max_grad_norm = { type = 'number', default = 1.0, min = 0,
+                      doc = 'clip the global gradient norm to this; 0 turns clipping off (not in the YAML or paper; DDPO uses 1.0)' },
+    loss_reduction = { type = 'string', default = 'mean', choices = { 'mean', 'sum' },
+                       doc = "policy loss over the batch: 'mean' (default) or 'sum' (what the official code does)" },
+    gradient_checkpointing = { type = 'boolean', default = true,
+                               doc = 'recompute UNet block activations in backward (YAML: gradient_checkpointing)' },
+    use_ema = { type = 'boolean', default = false, doc = 'keep an EMA of the trained weights (YAML: use_ema)' },
+    ema_decay = { type = 'number', default = 0.9999, min = 0, max = 1,
+                  doc = 'EMA decay per optimizer step, with use_ema (not in the YAML)' },
+  },
+  sample = {
+    batch_size = { default = 5, doc = 'images sampled per iteration on each rank (YAML: batch_size, 5; the paper used 16)' },
+    steps = { default = 50, doc = 'DDIM steps per image (YAML: n_inference_steps)' },
+    eta = { type = 'number', default = 1.0, min = 0,
+            doc = 'DDIM eta; > 0 makes each step a Gaussian policy with std eta * sigma_t (YAML: eta)' },
+    guidance = { type = 'number', default = 7.0, min = 0,
+                 doc = 'classifier-free guidance scale, also in training (YAML: guidance_scale)' },
+    resolution = { type = 'integer', default = 512, min = 8, doc = 'image height and width in pixels (YAML: resolution)' },
+    negative_prompt = { type = 'string', default = '', doc = 'unconditional prompt of the guidance (not in the YAML: empty there)' },
+  },
+  checkpoint = {
+    every = { default = 200, doc = 'write a checkpoint every N iterations (YAML: save_interval)' },
+  },
+  log = {
+    grid_every = { type = 'integer', min = 1, optional = true,
+                   doc = "save a PNG grid of the first task's samples every N iterations; unset: never" },
+  },
+  pretrain = {
+    weight = { type = 'number', default = 0, min = 0,
+               doc = 'beta, weight of the pretraining diffusion loss L_pre; 0 turns it off (YAML: use_pretrain_dataset; beta is not given in the paper)' },
+    data = { type = 'string', optional = true, doc = 'folder of real image-text pairs for L_pre (the paper: LAION aesthetic >= 6)' },
+    batch_size = { type = 'integer', min = 1, optional = true, doc = 'images per L_pre step on each rank; unset: sample.batch_size' },
+  },
+  lora = {
+    rank = { type = 'integer', default = 0, min = 0, doc = 'LoRA rank on the attention projections; 0 = full UNet fine-tune (the paper)' },
+    alpha = { type = 'number', min = 0, optional = true, doc = 'LoRA alpha (scale alpha / rank); unset: rank' },
+  },
+}))

@@ -1,0 +1,288 @@
+-- diffrl.rl.trainer: the paper's training loop (PAPER.md, Algorithm steps 1-5)
+-- over a diffusers pipeline, one process (issue 9 adds ranks).
+--
+-- One iteration, per task in turn (joint training: each task samples its own
+-- prompts and images, normalises within its own batch, then steps):
+--   1. sample B images with DDIM (eta > 0) and classifier-free guidance from the
+--      current weights, keeping x_t, x_{t-1}, t and log p_old per step;
+--   2. decode and score them with the task's reward (no gradient);
+--   3. advantages: (r - mean) / (std + 1e-7) over the batch, clamped;
+--   4. for each inner epoch, K step indices drawn without replacement; for each,
+--      the PPO-clipped loss on that step's recomputed log-probability, backward,
+--      gradient clipping, one optimizer step (skipped when not finite);
+-- then 5., the pretraining loss, when configured (not yet: issue 11's data).
+-- Every random draw comes from generators whose state the checkpoints keep, so
+-- a resumed run repeats the uninterrupted one bit for bit.
+local core = require 'diffrl.core'
+local api = require 'diffrl.core.ffi'
+local optim = require 'diffrl.optim'
+local pipeline = require 'diffrl.pipeline'
+local rewards = require 'diffrl.rewards'
+local rundir = require 'diffrl.rundir'
+local progress = require 'diffrl.progress'
+local config = require 'diffrl.config'
+local rl = require 'diffrl.rl.core'
+
+local raise = api.raise
+local M = {}
+
+local now = progress.clock -- monotonic seconds
+
+local function mean_std(xs)
+  local n, s = 0, 0
+  for _, x in ipairs(xs) do if x == x and x ~= math.huge and x ~= -math.huge then n, s = n + 1, s + x end end
+  if n == 0 then return 0 / 0, 0 / 0 end
+  local m, v = s / n, 0
+  for _, x in ipairs(xs) do if x == x and x ~= math.huge and x ~= -math.huge then v = v + (x - m) ^ 2 end end
+  return m, n > 1 and math.sqrt(v / (n - 1)) or 0
+end
+
+local function gen_state(g) local s = g:get_state(); return { seed = s.seed, offset = s.offset } end
+
+-- The trainable parameters by name: the LoRA adapters, or the whole UNet.
+local function setup_model(pipe, cfg)
+  local unet = pipe.unet
+  unet:set_checkpointing(cfg.train.gradient_checkpointing)
+  if cfg.lora.rank > 0 then
+    unet:add_lora { rank = cfg.lora.rank, alpha = cfg.lora.alpha or cfg.lora.rank, seed = cfg.run.seed }
+    return unet:named_parameters { adapters_only = true }
+  end
+  unet:requires_grad(true)
+  return unet:named_parameters()
+end
+
+local Trainer = {}
+Trainer.__index = Trainer
+
+-- M.new(cfg, opts): opts.tasks = { {name, prompts (a diffrl.prompts source),
+-- reward (a reward function)}, ... }; opts.resume (a run folder); opts.config_text.
+function M.new(cfg, opts)
+  local tasks = opts.tasks
+  if type(tasks) ~= 'table' or #tasks == 0 then raise('rl: at least one task {name, prompts, reward} is needed') end
+  for i, t in ipairs(tasks) do
+    if type(t.name) ~= 'string' then raise(('rl: task %d needs a name'):format(i)) end
+    if type(t.prompts) ~= 'table' or type(t.prompts.next) ~= 'function' then
+      raise(('rl: task %s: prompts must be a prompt source (diffrl.prompts)'):format(t.name))
+    end
+    if type(t.reward) ~= 'function' then raise(('rl: task %s: reward must be a function'):format(t.name)) end
+  end
+  if (cfg.pretrain and cfg.pretrain.weight or 0) > 0 then
+    raise('rl: pretrain.weight > 0 needs the image-text data loader (issue 11), which is not ' ..
+          'implemented yet; set pretrain.weight = 0')
+  end
+  local self = setmetatable({ cfg = cfg, tasks = tasks }, Trainer)
+  self.pipe = pipeline.load(cfg.model.path)
+  self.named = setup_model(self.pipe, cfg)
+  self.params = {}
+  for i, p in ipairs(self.named) do self.params[i] = p[2] end
+  local t = cfg.train
+  self.opt = optim.AdamW(self.params, { lr = t.lr, betas = { t.adam_beta1, t.adam_beta2 }, eps = t.adam_eps,
+                                        weight_decay = t.weight_decay, flat = true })
+  if t.lr_schedule == 'cosine' then
+    local total = t.iterations * #tasks * t.inner_epochs * t.timestep_count
+    self.schedule = optim.schedules.cosine(t.lr, total, 0, 0)
+  end
+  if t.use_ema then self.ema = optim.EMA(self.params, t.ema_decay) end
+  self.gen_sample = core.Generator(cfg.run.seed)
+  self.gen_train = core.Generator(cfg.run.seed + 1000003)
+  self.step = 0
+  if opts.resume then
+    self.run = rundir.open(opts.resume)
+    self:restore()
+  else
+    self.run = rundir.create(cfg.run.dir, { config_text = opts.config_text or config.serialize(cfg),
+                                             info = { recipe = opts.recipe, tasks = #tasks } })
+  end
+  return self
+end
+
+-- ---- checkpoints -------------------------------------------------------------------
+function Trainer:state()
+  local tensors = {}
+  for _, p in ipairs(self.named) do tensors['param.' .. p[1]] = p[2]:detach() end
+  local fs = self.opt.state.flat
+  if fs then tensors['adam.exp_avg'], tensors['adam.exp_avg_sq'] = fs.exp_avg, fs.exp_avg_sq end
+  if self.ema then
+    for i, p in ipairs(self.named) do tensors['ema.' .. p[1]] = self.ema.shadow[i] end
+  end
+  local lua = { step = self.step, adam_step = self.opt.step_count, gen_sample = gen_state(self.gen_sample),
+                gen_train = gen_state(self.gen_train), prompts = {} }
+  for _, task in ipairs(self.tasks) do lua.prompts[task.name] = task.prompts:state() end
+  return { tensors = tensors, lua = lua }
+end
+
+function Trainer:restore()
+  local step, path = self.run:latest_checkpoint()
+  if not step then raise(('resume: %s has no checkpoint yet'):format(self.run.dir)) end
+  local st = rundir.load_checkpoint(path)
+  core.no_grad(function()
+    for _, p in ipairs(self.named) do
+      local t = st.tensors['param.' .. p[1]]
+      if not t then raise(('resume: %s has no parameter %s'):format(path, p[1])) end
+      p[2]:copy_(t)
+    end
+  end)
+  if st.tensors['adam.exp_avg'] then
+    self.opt.state.flat = { exp_avg = st.tensors['adam.exp_avg']:clone(),
+                            exp_avg_sq = st.tensors['adam.exp_avg_sq']:clone() }
+  end
+  if self.ema then
+    core.no_grad(function()
+      for i, p in ipairs(self.named) do
+        local t = st.tensors['ema.' .. p[1]]
+        if not t then raise(('resume: %s has no EMA of %s (was train.use_ema off?)'):format(path, p[1])) end
+        self.ema.shadow[i]:copy_(t)
+      end
+    end)
+  end
+  local lua = st.lua
+  self.opt.step_count = lua.adam_step
+  self.gen_sample:set_state(lua.gen_sample)
+  self.gen_train:set_state(lua.gen_train)
+  for _, task in ipairs(self.tasks) do
+    if lua.prompts[task.name] then task.prompts:set_state(lua.prompts[task.name]) end
+  end
+  self.step = lua.step
+  self.run:truncate_metrics(self.step)
+end
+
+-- ---- one iteration ---------------------------------------------------------------------
+local function finite(x) return x == x and x ~= math.huge and x ~= -math.huge end
+
+-- Rows [r0, r0 + n) of a trajectory (a micro-batch for gradient accumulation).
+local function rows(traj, r0, n)
+  local sub = { timesteps = traj.timesteps, guidance = traj.guidance, eta = traj.eta, latents = {} }
+  for i, x in ipairs(traj.latents) do sub.latents[i] = x:narrow(1, r0, n) end
+  sub.log_probs = traj.log_probs:narrow(1, r0, n)
+  sub.cond = traj.cond:narrow(1, r0, n)
+  if traj.uncond then sub.uncond = traj.uncond:narrow(1, r0, n) end
+  return sub
+end
+
+-- One optimizer step on trajectory step j: the PPO loss (over train.grad_accum
+-- micro-batches whose gradients add up to the full batch's), clipping, AdamW, EMA.
+-- Returns loss, stats, grad norm; nothing is applied when either is not finite.
+function Trainer:policy_step(traj, j, adv_t, B)
+  local t = self.cfg.train
+  local parts = math.min(t.grad_accum, B)
+  local loss_sum, stats = 0, { ratio_mean = 0, clipfrac = 0, approx_kl = 0 }
+  self.opt:zero_grad()
+  local r0 = 1
+  for part = 1, parts do
+    local n = math.floor(B * part / parts) - (r0 - 1)
+    local whole = parts == 1
+    local loss, st = rl.trajectory_step_loss {
+      unet = self.pipe.unet, scheduler = self.pipe.scheduler, traj = whole and traj or rows(traj, r0, n),
+      index = j, advantages = whole and adv_t or adv_t:narrow(1, r0, n),
+      clip_range = t.clip_range, reduction = t.loss_reduction,
+    }
+    -- a mean over the batch is the size-weighted mean of the micro-batch means
+    if not whole and t.loss_reduction == 'mean' then loss = loss * (n / B) end
+    local lv = loss:item()
+    loss_sum = loss_sum + lv
+    for k in pairs(stats) do stats[k] = stats[k] + st[k] * n / B end
+    if not finite(lv) then break end
+    loss:backward()
+    r0 = r0 + n
+  end
+  local gn = 0 / 0
+  if finite(loss_sum) then
+    gn = optim.clip_grad_norm_(self.params, t.max_grad_norm > 0 and t.max_grad_norm or math.huge)
+  end
+  if finite(loss_sum) and finite(gn) then
+    if self.schedule then self.opt.lr = self.schedule(self.opt.step_count + 1) end
+    self.opt:step()
+    if self.ema then self.ema:update() end
+  end
+  self.opt:zero_grad()
+  return loss_sum, stats, gn
+end
+
+function Trainer:train_task(task, metrics)
+  local cfg, pipe = self.cfg, self.pipe
+  local B = cfg.sample.batch_size
+  local prompts = task.prompts:next(B)
+  local t0 = now()
+  local images, _, traj = pipe:sample {
+    prompt = prompts, negative = cfg.sample.negative_prompt or '', steps = cfg.sample.steps,
+    cfg = cfg.sample.guidance, eta = cfg.sample.eta, generator = self.gen_sample,
+    height = cfg.sample.resolution, width = cfg.sample.resolution, keep_trajectory = true,
+  }
+  local t_sample = now() - t0
+  local scores, rinfo = rewards.call(task.reward, images, prompts, { step = self.step + 1, task = task.name })
+  local adv, ainfo = rl.advantages(scores, { clip = cfg.train.adv_clip_max })
+  local t1 = now()
+  local stats = { loss = 0, ratio_mean = 0, clipfrac = 0, approx_kl = 0, grad_norm = 0, n = 0, skipped = 0 }
+  local adv_t = core.tensor(adv)
+  local steps = #traj.timesteps
+  local k = math.min(cfg.train.timestep_count, steps)
+  for _ = 1, cfg.train.inner_epochs do
+    local chosen = rl.choose_timesteps(steps, k, self.gen_train)
+    for _, j in ipairs(chosen) do
+      local lv, st, gn = self:policy_step(traj, j, adv_t, B)
+      if finite(lv) and finite(gn) then
+        stats.loss, stats.grad_norm = stats.loss + lv, stats.grad_norm + gn
+        stats.ratio_mean, stats.clipfrac = stats.ratio_mean + st.ratio_mean, stats.clipfrac + st.clipfrac
+        stats.approx_kl = stats.approx_kl + st.approx_kl
+        stats.n = stats.n + 1
+      else
+        stats.skipped = stats.skipped + 1 -- NaN/inf never reaches the weights
+      end
+    end
+  end
+  local m, sd = mean_std(scores)
+  metrics['reward_mean/' .. task.name], metrics['reward_std/' .. task.name] = m, sd
+  metrics._scores = metrics._scores or {}
+  for _, s in ipairs(scores) do metrics._scores[#metrics._scores + 1] = s end
+  for _, key in ipairs { 'loss', 'ratio_mean', 'clipfrac', 'approx_kl', 'grad_norm' } do
+    metrics[key] = (metrics[key] or 0) + (stats.n > 0 and stats[key] / stats.n or 0) / #self.tasks
+  end
+  metrics.skipped_steps = (metrics.skipped_steps or 0) + stats.skipped
+  metrics.nonfinite_rewards = (metrics.nonfinite_rewards or 0) + (ainfo.n_nonfinite or 0)
+  metrics.sample_s = (metrics.sample_s or 0) + t_sample
+  metrics.train_s = (metrics.train_s or 0) + (now() - t1)
+  metrics.images = (metrics.images or 0) + B
+  return images, prompts, rinfo
+end
+
+function Trainer:iteration()
+  local t0 = now()
+  local metrics = {}
+  local first_images, first_prompts
+  for _, task in ipairs(self.tasks) do
+    local images, prompts = self:train_task(task, metrics)
+    if not first_images then first_images, first_prompts = images, prompts end
+  end
+  self.step = self.step + 1
+  local m, sd = mean_std(metrics._scores)
+  metrics._scores = nil
+  metrics.step, metrics.reward_mean, metrics.reward_std = self.step, m, sd
+  metrics.lr = self.opt.lr
+  metrics.time_s = now() - t0
+  metrics.images_per_s = metrics.images / metrics.time_s
+  self.run:log(metrics)
+  local every = self.cfg.checkpoint.every
+  if self.cfg.log and self.cfg.log.grid_every and self.step % self.cfg.log.grid_every == 0 then
+    self.run:save_grid(self.step, first_images, first_prompts)
+  end
+  if self.step % every == 0 or self.step == self.cfg.train.iterations then
+    self.run:save_checkpoint(self.step, self:state())
+  end
+  return metrics
+end
+
+-- Runs until train.iterations; returns the last metrics.
+function Trainer:train()
+  local total = self.cfg.train.iterations
+  local bar = progress.bar { total = total, label = 'iteration' }
+  local last
+  while self.step < total do
+    last = self:iteration()
+    bar:update(self.step, ('reward %.4g'):format(last.reward_mean))
+  end
+  bar:finish()
+  return last
+end
+
+M.Trainer = Trainer
+return M
