@@ -167,6 +167,43 @@ describe('#cli RL on the tiny pipeline', function()
     assert.is_true(m3.lr < 1e-3) -- decayed after the first steps
   end)
 
+  it('runs the pretraining loss on an image-text folder and the other advantage modes', function()
+    local data = temp_dir()
+    os.execute('mkdir -p ' .. data)
+    local g = dr.Generator(3)
+    for i = 1, 3 do
+      dr.save_image(('%s/%d.png'):format(data, i), dr.rand({ 3, 16, 16 }, { generator = g }))
+      local f = assert(io.open(('%s/%d.txt'):format(data, i), 'w'))
+      f:write(('picture number %d\n'):format(i))
+      f:close()
+    end
+    for _, mode in ipairs { 'per_prompt', 'group' } do
+      local dir = temp_dir()
+      local cfg = dr.config.resolve(dr.rl.schema, {
+        model = { path = MODEL }, run = { dir = dir }, checkpoint = { every = 1 }, lora = { rank = 2 },
+        train = { iterations = 2, timestep_count = 2, lr = 1e-3, advantage = mode, tracker_min_count = 2 },
+        sample = { batch_size = 4, steps = 4, resolution = 16 },
+        pretrain = { weight = 0.5, data = data, batch_size = 2 },
+      })
+      local tr = dr.rl.trainer.new(cfg, { tasks = { {
+        name = 'jpeg', prompts = dr.prompts.list { 'a', 'b', shuffle = false },
+        reward = dr.rewards.jpeg_compressibility {},
+      } } })
+      local m = tr:train()
+      assert.is_true(m.pretrain_loss > 0 and m.pretrain_loss < math.huge, mode)
+      assert.are.equal(0, m.skipped_steps)
+      -- the checkpoint keeps the tracker and the data position
+      local st = dr.rundir.load_checkpoint(dir .. '/checkpoints/step_000002')
+      assert.are.equal(1, st.lua.pretrain_data.epoch) -- 4 pairs drawn from 3: into the second epoch
+      if mode == 'per_prompt' then assert.is_table(st.lua.trackers.jpeg) end
+      os.execute('rm -rf ' .. dir)
+    end
+    local ok, err = pcall(dr.config.resolve, dr.rl.schema, { model = { path = MODEL },
+      sample = { resolution = 32 }, pretrain = { weight = 1, data = data } })
+    assert.is_true(ok, err)
+    os.execute('rm -rf ' .. data)
+  end)
+
   it('names unknown settings, suggests the nearest, and lists them all in --help', function()
     local r = h.diffrl { 'run', RECIPE, 'model.path=' .. MODEL, 'train.iteratons=3' }
     assert.are.equal(1, r.code)

@@ -10,7 +10,8 @@
 --   4. for each inner epoch, K step indices drawn without replacement; for each,
 --      the PPO-clipped loss on that step's recomputed log-probability, backward,
 --      gradient clipping, one optimizer step (skipped when not finite);
--- then 5., the pretraining loss, when configured (not yet: issue 11's data).
+-- then 5., one step of the ordinary diffusion loss on real image-text pairs
+-- (pretrain.weight > 0, pretrain.data a folder; diffrl.data.folder).
 -- Every random draw comes from generators whose state the checkpoints keep, so
 -- a resumed run repeats the uninterrupted one bit for bit.
 local core = require 'diffrl.core'
@@ -66,11 +67,22 @@ function M.new(cfg, opts)
     end
     if type(t.reward) ~= 'function' then raise(('rl: task %s: reward must be a function'):format(t.name)) end
   end
-  if (cfg.pretrain and cfg.pretrain.weight or 0) > 0 then
-    raise('rl: pretrain.weight > 0 needs the image-text data loader (issue 11), which is not ' ..
-          'implemented yet; set pretrain.weight = 0')
-  end
   local self = setmetatable({ cfg = cfg, tasks = tasks }, Trainer)
+  if cfg.pretrain.weight > 0 then
+    if not cfg.pretrain.data then
+      raise('rl: pretrain.weight > 0 needs pretrain.data, a folder of image-text pairs ' ..
+            '(NAME.png/.jpg + NAME.txt); or set pretrain.weight = 0')
+    end
+    self.pretrain_data = require('diffrl.data.folder').open(cfg.pretrain.data,
+      { resolution = cfg.sample.resolution, seed = cfg.run.seed })
+  end
+  for _, task in ipairs(tasks) do
+    if cfg.train.advantage == 'per_prompt' then
+      task.tracker = rl.PerPromptTracker.new { buffer_size = cfg.train.tracker_buffer,
+                                              min_count = cfg.train.tracker_min_count,
+                                              clip = cfg.train.adv_clip_max }
+    end
+  end
   self.pipe = pipeline.load(cfg.model.path)
   self.named = setup_model(self.pipe, cfg)
   self.params = {}
@@ -107,7 +119,12 @@ function Trainer:state()
   end
   local lua = { step = self.step, adam_step = self.opt.step_count, gen_sample = gen_state(self.gen_sample),
                 gen_train = gen_state(self.gen_train), prompts = {} }
-  for _, task in ipairs(self.tasks) do lua.prompts[task.name] = task.prompts:state() end
+  lua.trackers = {}
+  for _, task in ipairs(self.tasks) do
+    lua.prompts[task.name] = task.prompts:state()
+    if task.tracker then lua.trackers[task.name] = task.tracker:state() end
+  end
+  if self.pretrain_data then lua.pretrain_data = self.pretrain_data:state() end
   return { tensors = tensors, lua = lua }
 end
 
@@ -141,7 +158,11 @@ function Trainer:restore()
   self.gen_train:set_state(lua.gen_train)
   for _, task in ipairs(self.tasks) do
     if lua.prompts[task.name] then task.prompts:set_state(lua.prompts[task.name]) end
+    if task.tracker and lua.trackers and lua.trackers[task.name] then
+      task.tracker:set_state(lua.trackers[task.name])
+    end
   end
+  if self.pretrain_data and lua.pretrain_data then self.pretrain_data:set_state(lua.pretrain_data) end
   self.step = lua.step
   self.run:truncate_metrics(self.step)
 end
@@ -162,7 +183,7 @@ end
 -- One optimizer step on trajectory step j: the PPO loss (over train.grad_accum
 -- micro-batches whose gradients add up to the full batch's), clipping, AdamW, EMA.
 -- Returns loss, stats, grad norm; nothing is applied when either is not finite.
-function Trainer:policy_step(traj, j, adv_t, B)
+function Trainer:policy_step(traj, j, adv_t, B, weight)
   local t = self.cfg.train
   local parts = math.min(t.grad_accum, B)
   local loss_sum, stats = 0, { ratio_mean = 0, clipfrac = 0, approx_kl = 0 }
@@ -178,6 +199,7 @@ function Trainer:policy_step(traj, j, adv_t, B)
     }
     -- a mean over the batch is the size-weighted mean of the micro-batch means
     if not whole and t.loss_reduction == 'mean' then loss = loss * (n / B) end
+    if weight ~= 1 then loss = loss * weight end -- the task's weight in joint training
     local lv = loss:item()
     loss_sum = loss_sum + lv
     for k in pairs(stats) do stats[k] = stats[k] + st[k] * n / B end
@@ -210,16 +232,25 @@ function Trainer:train_task(task, metrics)
   }
   local t_sample = now() - t0
   local scores, rinfo = rewards.call(task.reward, images, prompts, { step = self.step + 1, task = task.name })
-  local adv, ainfo = rl.advantages(scores, { clip = cfg.train.adv_clip_max })
+  local adv, ainfo
+  if task.tracker then
+    adv, ainfo = task.tracker:update(prompts, scores)
+  elseif cfg.train.advantage == 'group' then -- GRPO: normalise among the images of one prompt
+    adv, ainfo = rl.group_advantages(scores, prompts, { clip = cfg.train.adv_clip_max })
+  else
+    adv, ainfo = rl.advantages(scores, { clip = cfg.train.adv_clip_max })
+  end
   local t1 = now()
   local stats = { loss = 0, ratio_mean = 0, clipfrac = 0, approx_kl = 0, grad_norm = 0, n = 0, skipped = 0 }
   local adv_t = core.tensor(adv)
   local steps = #traj.timesteps
   local k = math.min(cfg.train.timestep_count, steps)
+  local fraction = cfg.train.timestep_fraction
   for _ = 1, cfg.train.inner_epochs do
-    local chosen = rl.choose_timesteps(steps, k, self.gen_train)
+    local chosen = fraction and rl.choose_timesteps(steps, nil, self.gen_train, { fraction = fraction })
+                   or rl.choose_timesteps(steps, k, self.gen_train)
     for _, j in ipairs(chosen) do
-      local lv, st, gn = self:policy_step(traj, j, adv_t, B)
+      local lv, st, gn = self:policy_step(traj, j, adv_t, B, task.weight or 1)
       if finite(lv) and finite(gn) then
         stats.loss, stats.grad_norm = stats.loss + lv, stats.grad_norm + gn
         stats.ratio_mean, stats.clipfrac = stats.ratio_mean + st.ratio_mean, stats.clipfrac + st.clipfrac
@@ -245,6 +276,37 @@ function Trainer:train_task(task, metrics)
   return images, prompts, rinfo
 end
 
+-- PAPER.md step 5: one step of the ordinary diffusion loss on real pairs,
+-- weighted by pretrain.weight (keeps the model from reward hacking).
+function Trainer:pretrain_step(metrics)
+  local cfg, pipe = self.cfg, self.pipe
+  local n = cfg.pretrain.batch_size or cfg.sample.batch_size
+  local images, captions = self.pretrain_data:next(n)
+  local latents = pipe:encode(images)
+  local cond = pipe:encode_prompt(captions)
+  local noise = core.randn(latents.shape, { generator = self.gen_train })
+  local T = pipe.scheduler.num_train_timesteps
+  local ts = core.randint(0, T, { n }, { generator = self.gen_train })
+  local noisy = rl.add_noise(latents, noise, ts, pipe.scheduler)
+  self.opt:zero_grad()
+  local pred = pipe.unet:forward(noisy, ts, cond)
+  local loss = rl.pretrain_loss(pred, noise, latents, ts, pipe.scheduler) * cfg.pretrain.weight
+  local lv, gn = loss:item(), 0 / 0
+  if finite(lv) then
+    loss:backward()
+    gn = optim.clip_grad_norm_(self.params, cfg.train.max_grad_norm > 0 and cfg.train.max_grad_norm or math.huge)
+  end
+  if finite(lv) and finite(gn) then
+    if self.schedule then self.opt.lr = self.schedule(self.opt.step_count + 1) end
+    self.opt:step()
+    if self.ema then self.ema:update() end
+  else
+    metrics.skipped_steps = (metrics.skipped_steps or 0) + 1
+  end
+  self.opt:zero_grad()
+  metrics.pretrain_loss = lv
+end
+
 function Trainer:iteration()
   local t0 = now()
   local metrics = {}
@@ -253,6 +315,7 @@ function Trainer:iteration()
     local images, prompts = self:train_task(task, metrics)
     if not first_images then first_images, first_prompts = images, prompts end
   end
+  if self.pretrain_data then self:pretrain_step(metrics) end
   self.step = self.step + 1
   local m, sd = mean_std(metrics._scores)
   metrics._scores = nil
