@@ -37,6 +37,7 @@
 #include <jpeglib.h>
 #include <jerror.h>
 
+#include "file_read.h"
 #include "../tensor/tensor_internal.h"
 
 enum { MAX_SIDE = JPEG_MAX_DIMENSION, MAX_SCANS = 500 };
@@ -227,32 +228,10 @@ dr_status dr_jpeg_decode(const uint8_t *data, size_t size, const char *name, int
 dr_status dr_jpeg_read(const char *path, int32_t channels, int32_t dtype, dr_tensor **out) {
     if (!path) return dr_fail(DR_ERR_ARG, "jpeg: read: path is NULL");
     DR_TRY(dr_check_out(out, "jpeg: read"));
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return dr_fail(DR_ERR_IO, "jpeg: read %s: cannot open: %s", path, strerror(errno));
     uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    dr_status st = DR_OK;
-    for (;;) {
-        if (len == cap) {
-            size_t ncap = cap ? cap * 2 : 1 << 16;
-            uint8_t *nb = realloc(buf, ncap);
-            if (!nb) {
-                st = dr_fail(DR_ERR_OOM, "jpeg: read %s: out of memory", path);
-                break;
-            }
-            buf = nb, cap = ncap;
-        }
-        size_t got = fread(buf + len, 1, cap - len, fp);
-        len += got;
-        if (got == 0) {
-            if (ferror(fp))
-                st = dr_fail(DR_ERR_IO, "jpeg: read %s: read failed: %s", path, strerror(errno));
-            break;
-        }
-    }
-    fclose(fp);
-    if (st == DR_OK) st = dr_jpeg_decode(buf, len, path, channels, dtype, out);
+    size_t len = 0;
+    DR_TRY(dr_io_read_file("jpeg", path, &buf, &len));
+    dr_status st = dr_jpeg_decode(buf, len, path, channels, dtype, out);
     free(buf);
     return st;
 }

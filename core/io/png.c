@@ -34,6 +34,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "file_read.h"
 #include "../tensor/tensor_internal.h"
 
 enum { MAX_SIDE = 1 << 15, TEMP_TRIES = 100 };
@@ -199,37 +200,12 @@ dr_status dr_png_decode(const uint8_t *data, size_t size, const char *name, int3
 }
 
 dr_status dr_png_read(const char *path, int32_t channels, int32_t dtype, dr_tensor **out) {
-    char e[128];
     if (!path) return dr_fail(DR_ERR_ARG, "png: read: path is NULL");
     DR_TRY(dr_check_out(out, "png: read"));
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return dr_fail(DR_ERR_IO, "png: read %s: cannot open: %s", path,
-                       strerror_r(errno, e, sizeof e));
     uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    dr_status st = DR_OK;
-    for (;;) {
-        if (len == cap) {
-            size_t ncap = cap ? cap * 2 : 1 << 16;
-            uint8_t *nb = realloc(buf, ncap);
-            if (!nb) {
-                st = dr_fail(DR_ERR_OOM, "png: read %s: out of memory", path);
-                break;
-            }
-            buf = nb, cap = ncap;
-        }
-        size_t got = fread(buf + len, 1, cap - len, fp);
-        len += got;
-        if (got == 0) {
-            if (ferror(fp))
-                st = dr_fail(DR_ERR_IO, "png: read %s: read failed: %s", path,
-                             strerror_r(errno, e, sizeof e));
-            break;
-        }
-    }
-    fclose(fp);
-    if (st == DR_OK) st = dr_png_decode(buf, len, path, channels, dtype, out);
+    size_t len = 0;
+    DR_TRY(dr_io_read_file("png", path, &buf, &len));
+    dr_status st = dr_png_decode(buf, len, path, channels, dtype, out);
     free(buf);
     return st;
 }

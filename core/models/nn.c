@@ -435,8 +435,7 @@ void nn_transformer_free(nn_transformer *t) {
     t->blocks = NULL;
 }
 
-/* [B, C, H, W] -> [B, H W, C] and back (the second a contiguous copy when needed) */
-static dr_status to_tokens(const dr_tensor *x, dr_tensor **out) {
+dr_status nn_to_tokens(const dr_tensor *x, dr_tensor **out) {
     dr_tensor *p = NULL;
     DR_TRY(dr_tensor_permute(x, (int32_t[]){0, 2, 3, 1}, 4, &p));
     dr_status st = dr_tensor_reshape(p, (int64_t[]){x->sizes[0], x->sizes[2] * x->sizes[3], x->sizes[1]},
@@ -445,7 +444,7 @@ static dr_status to_tokens(const dr_tensor *x, dr_tensor **out) {
     return st;
 }
 
-static dr_status to_image(const dr_tensor *x, int64_t h, int64_t w, dr_tensor **out) {
+dr_status nn_to_image(const dr_tensor *x, int64_t h, int64_t w, dr_tensor **out) {
     dr_tensor *v = NULL, *p = NULL;
     DR_TRY(dr_tensor_view(x, (int64_t[]){x->sizes[0], h, w, x->sizes[2]}, 4, &v));
     dr_status st = dr_tensor_permute(v, (int32_t[]){0, 3, 1, 2}, 4, &p);
@@ -464,11 +463,11 @@ dr_status nn_transformer_forward(const nn_transformer *t, const dr_tensor *x,
     dr_status st = nn_norm_forward(&t->norm, x, &a);
     if (st == DR_OK) {
         if (t->linear_proj) {
-            st = to_tokens(a, &b);
+            st = nn_to_tokens(a, &b);
             if (st == DR_OK) dr_swap(&a, b), b = NULL, st = nn_linear_forward(&t->proj_in_l, a, &b);
         } else {
             st = nn_conv_forward(&t->proj_in_c, a, &b);
-            if (st == DR_OK) dr_swap(&a, b), b = NULL, st = to_tokens(a, &b);
+            if (st == DR_OK) dr_swap(&a, b), b = NULL, st = nn_to_tokens(a, &b);
         }
         if (st == DR_OK) dr_swap(&a, b), b = NULL;
     }
@@ -479,9 +478,9 @@ dr_status nn_transformer_forward(const nn_transformer *t, const dr_tensor *x,
     if (st == DR_OK) {
         if (t->linear_proj) {
             st = nn_linear_forward(&t->proj_out_l, a, &b);
-            if (st == DR_OK) dr_swap(&a, b), b = NULL, st = to_image(a, h, w, &b);
+            if (st == DR_OK) dr_swap(&a, b), b = NULL, st = nn_to_image(a, h, w, &b);
         } else {
-            st = to_image(a, h, w, &b);
+            st = nn_to_image(a, h, w, &b);
             if (st == DR_OK) dr_swap(&a, b), b = NULL, st = nn_conv_forward(&t->proj_out_c, a, &b);
         }
         if (st == DR_OK) dr_swap(&a, b), b = NULL;

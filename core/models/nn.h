@@ -104,6 +104,11 @@ void nn_transformer_free(nn_transformer *t);
 dr_status nn_transformer_forward(const nn_transformer *t, const dr_tensor *x,
                                  const dr_tensor *context, dr_tensor **out);
 
+/* [B, C, H, W] -> [B, H W, C] (a copy unless it is a view already), and
+ * [B, H W, C] -> [B, C, H, W] contiguous: the token layout of attention. */
+dr_status nn_to_tokens(const dr_tensor *x, dr_tensor **out);
+dr_status nn_to_image(const dr_tensor *x, int64_t h, int64_t w, dr_tensor **out);
+
 /* x * s as a recorded op (a 0-d float32 factor). */
 dr_status nn_scale(const dr_tensor *x, double s, dr_tensor **out);
 

@@ -208,36 +208,15 @@ dr_status dr_vae_build(dr_model *m, const dr_json *cfg) {
 }
 
 /* ---- forward pieces ------------------------------------------------------------ */
-/* [B, C, H, W] -> [B, H W, C] (AttnProcessor2_0: view(B, C, H W).transpose(1, 2)) */
-static dr_status to_tokens(const dr_tensor *x, dr_tensor **out) {
-    dr_tensor *p = NULL;
-    DR_TRY(dr_tensor_permute(x, (int32_t[]){0, 2, 3, 1}, 4, &p));
-    dr_status st = dr_tensor_reshape(p, (int64_t[]){x->sizes[0], x->sizes[2] * x->sizes[3], x->sizes[1]},
-                                     3, out);
-    dr_tensor_release(p);
-    return st;
-}
-
-/* [B, H W, C] -> [B, C, H, W], contiguous */
-static dr_status to_image(const dr_tensor *x, int64_t h, int64_t w, dr_tensor **out) {
-    dr_tensor *v = NULL, *p = NULL;
-    DR_TRY(dr_tensor_view(x, (int64_t[]){x->sizes[0], h, w, x->sizes[2]}, 4, &v));
-    dr_status st = dr_tensor_permute(v, (int32_t[]){0, 3, 1, 2}, 4, &p);
-    dr_tensor_release(v);
-    if (st == DR_OK) st = dr_tensor_contiguous(p, out);
-    dr_tensor_release(p);
-    return st;
-}
-
 /* y = x + to_image(attention(tokens(group_norm(x)))) */
 static dr_status attention_forward(const vae_attention *a, const dr_tensor *x, dr_tensor **out) {
     *out = NULL;
     int64_t h = x->sizes[2], w = x->sizes[3];
     dr_tensor *n = NULL, *t = NULL;
     dr_status st = nn_norm_forward(&a->norm, x, &n);
-    if (st == DR_OK) st = to_tokens(n, &t), dr_swap(&n, t), t = NULL;
+    if (st == DR_OK) st = nn_to_tokens(n, &t), dr_swap(&n, t), t = NULL;
     if (st == DR_OK) st = nn_attention_forward(&a->attn, n, NULL, &t), dr_swap(&n, t), t = NULL;
-    if (st == DR_OK) st = to_image(n, h, w, &t), dr_swap(&n, t), t = NULL;
+    if (st == DR_OK) st = nn_to_image(n, h, w, &t), dr_swap(&n, t), t = NULL;
     if (st == DR_OK) st = dr_add(n, x, 1.0, out);
     dr_tensor_release(n);
     return st;

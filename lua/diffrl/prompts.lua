@@ -85,16 +85,7 @@ end
 
 -- ---- option checks ------------------------------------------------------------------
 
-local function check_options(op, opts, allowed)
-  for k in pairs(opts) do
-    if type(k) ~= 'number' and not allowed[k] then
-      local names = {}
-      for name in pairs(allowed) do names[#names + 1] = name end
-      table.sort(names)
-      raise(("%s: unknown option '%s' (options: %s)"):format(op, tostring(k), table.concat(names, ', ')))
-    end
-  end
-end
+local check_options = api.check_options
 
 local function int_option(op, opts, key, default, min)
   local v = opts[key]

@@ -11,19 +11,7 @@ local S = require 'diffrl.sampler.schedule'
 local raise, f32 = api.raise, S.f32
 local M = {}
 
-function M.check_options(op, opts, allowed)
-  if opts == nil then return {} end
-  if type(opts) ~= 'table' then raise(('%s: options must be a table, got %s'):format(op, type(opts))) end
-  for k in pairs(opts) do
-    if not allowed[k] then
-      local names = {}
-      for name in pairs(allowed) do names[#names + 1] = name end
-      table.sort(names)
-      raise(("%s: unknown option '%s' (options: %s)"):format(op, tostring(k), table.concat(names, ', ')))
-    end
-  end
-  return opts
-end
+M.check_options = api.check_options
 
 function M.tensor_arg(op, name, x)
   if not T.is_tensor(x) then raise(('%s: %s must be a tensor, got %s'):format(op, name, type(x))) end

@@ -102,6 +102,23 @@ function M.raise(msg)
   error(M.caller_position() .. msg, 0)
 end
 
+-- Checks an options table of `op` against the set of allowed keys (positional
+-- entries, numbers, are the caller's): nil gives {}, an unknown key is an error
+-- listing the options. Returns the table.
+function M.check_options(op, opts, allowed)
+  if opts == nil then return {} end
+  if type(opts) ~= 'table' then M.raise(('%s: options must be a table, got %s'):format(op, type(opts))) end
+  for k in pairs(opts) do
+    if type(k) ~= 'number' and not allowed[k] then
+      local names = {}
+      for name in pairs(allowed) do names[#names + 1] = name end
+      table.sort(names)
+      M.raise(("%s: unknown option '%s' (options: %s)"):format(op, tostring(k), table.concat(names, ', ')))
+    end
+  end
+  return opts
+end
+
 function M.check(status)
   if status ~= 0 then M.raise(ffi.string(C.dr_last_error())) end
 end

@@ -30,19 +30,7 @@ local function check_path(op, path)
   if path:find('\0', 1, true) then raise(op .. ': path cannot contain NUL characters') end
 end
 
-local function check_options(op, opts, allowed)
-  if opts == nil then return {} end
-  if type(opts) ~= 'table' then raise(('%s: options must be a table, got %s'):format(op, type(opts))) end
-  for k in pairs(opts) do
-    if not allowed[k] then
-      local names = {}
-      for name in pairs(allowed) do names[#names + 1] = name end
-      table.sort(names)
-      raise(("%s: unknown option '%s' (options: %s)"):format(op, tostring(k), table.concat(names, ', ')))
-    end
-  end
-  return opts
-end
+local check_options = api.check_options
 
 local function count_option(op, opts, key, default, min)
   local v = opts[key]

@@ -23,19 +23,7 @@ local M = {}
 local data_box = ffi.new('uint8_t *[1]')
 local size_box = ffi.new('size_t[1]')
 
-local function check_options(op, opts, allowed)
-  if opts == nil then return {} end
-  if type(opts) ~= 'table' then raise(('%s: options must be a table, got %s'):format(op, type(opts))) end
-  for k in pairs(opts) do
-    if not allowed[k] then
-      local names = {}
-      for name in pairs(allowed) do names[#names + 1] = name end
-      table.sort(names)
-      raise(("%s: unknown option '%s' (options: %s)"):format(op, tostring(k), table.concat(names, ', ')))
-    end
-  end
-  return opts
-end
+local check_options = api.check_options
 
 local function quality_of(op, q)
   if q == nil then return 95 end
