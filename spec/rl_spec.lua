@@ -204,6 +204,22 @@ describe('#cli RL on the tiny pipeline', function()
     os.execute('rm -rf ' .. data)
   end)
 
+  it('adds a KL penalty to the starting model when train.kl_weight > 0', function()
+    local dir = temp_dir()
+    local cfg = dr.config.resolve(dr.rl.schema, {
+      model = { path = MODEL }, run = { dir = dir }, checkpoint = { every = 10 }, lora = { rank = 0 },
+      train = { iterations = 2, timestep_count = 2, lr = 1e-2, clip_range = 0.2, kl_weight = 0.1 },
+      sample = { batch_size = 4, steps = 4, resolution = 16 },
+    })
+    local tr = dr.rl.trainer.new(cfg, { tasks = { {
+      name = 'jpeg', prompts = dr.prompts.list { 'a', 'b' }, reward = dr.rewards.jpeg_compressibility {},
+    } } })
+    local m1, m2 = tr:iteration(), tr:iteration()
+    os.execute('rm -rf ' .. dir)
+    assert.is_number(m1.kl_base)
+    assert.is_true(m1.kl_base >= 0 and m2.kl_base > m1.kl_base, ('%g then %g'):format(m1.kl_base, m2.kl_base))
+  end)
+
   it('names unknown settings, suggests the nearest, and lists them all in --help', function()
     local r = h.diffrl { 'run', RECIPE, 'model.path=' .. MODEL, 'train.iteratons=3' }
     assert.are.equal(1, r.code)

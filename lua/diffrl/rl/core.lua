@@ -577,11 +577,15 @@ end
 --   guidance     the CFG scale sampling used (default trajectory.guidance, else 7.5)
 --   eta          the DDIM eta sampling used (default trajectory.eta, else 1)
 --   advantages   [B] tensor or list; clip_range, reduction: as ppo_loss
--- stats: ppo_loss's, plus log_prob (the recomputed [B], detached) and t.
+--   kl           optional { base = a frozen base UNet or model function, weight =
+--                beta, estimator = 'k3' }: adds beta * mean(kl_to_base) with the base
+--                model's log-prob of the same x_{t-1} (computed without gradients)
+-- stats: ppo_loss's, plus log_prob (the recomputed [B], detached), t, and kl (the
+-- mean estimate) with the penalty.
 local STEP_ARGS = { model = true, unet = true, scheduler = true, trajectory = true, traj = true,
                     index = true, x_t = true, x_prev = true, t = true, log_prob_old = true,
                     cond = true, uncond = true, guidance = true, eta = true, advantages = true,
-                    clip_range = true, reduction = true }
+                    clip_range = true, reduction = true, kl = true }
 function M.trajectory_step_loss(a)
   local op = 'trajectory_step_loss'
   if type(a) ~= 'table' then raise(op .. ': expected a table of arguments, got ' .. type(a)) end
@@ -629,6 +633,22 @@ function M.trajectory_step_loss(a)
     local loss, st = M.ppo_loss(lp, lp_old, a.advantages,
                                 { clip_range = a.clip_range, reduction = a.reduction })
     st.log_prob, st.t = lp:detach(), t
+    if a.kl then
+      local base = a.kl.base
+      if type(base) == 'table' and base.forward then
+        local unet = base
+        base = function(x, tt, c) return unet:forward(x, tt, c) end
+      end
+      if type(base) ~= 'function' then raise(op .. ': kl.base must be a UNet or a model function') end
+      local lp_base = autograd.no_grad(function()
+        local bpred = sampler_cfg.predict(base, x_t, t, cond, uncond, guidance)
+        local _, _, blp = ddim.step(sched, bpred, t, x_t, { eta = eta, prev_sample = x_prev })
+        return blp
+      end)
+      local kl = M.kl_to_base(lp, lp_base, { estimator = a.kl.estimator }):mean()
+      st.kl = kl:item()
+      loss = loss + kl * (a.kl.weight or 0)
+    end
     return loss, st
   end)
 end

@@ -88,6 +88,9 @@ function M.new(cfg, opts)
   self.params = {}
   for i, p in ipairs(self.named) do self.params[i] = p[2] end
   local t = cfg.train
+  if t.kl_weight > 0 then -- a frozen copy of the starting UNet for the KL penalty
+    self.base_unet = require('diffrl.core').load_model(cfg.model.path .. '/unet')
+  end
   self.opt = optim.AdamW(self.params, { lr = t.lr, betas = { t.adam_beta1, t.adam_beta2 }, eps = t.adam_eps,
                                         weight_decay = t.weight_decay, flat = true })
   if t.lr_schedule == 'cosine' then
@@ -186,7 +189,7 @@ end
 function Trainer:policy_step(traj, j, adv_t, B, weight)
   local t = self.cfg.train
   local parts = math.min(t.grad_accum, B)
-  local loss_sum, stats = 0, { ratio_mean = 0, clipfrac = 0, approx_kl = 0 }
+  local loss_sum, stats = 0, { ratio_mean = 0, clipfrac = 0, approx_kl = 0, kl = self.base_unet and 0 or nil }
   self.opt:zero_grad()
   local r0 = 1
   for part = 1, parts do
@@ -196,6 +199,7 @@ function Trainer:policy_step(traj, j, adv_t, B, weight)
       unet = self.pipe.unet, scheduler = self.pipe.scheduler, traj = whole and traj or rows(traj, r0, n),
       index = j, advantages = whole and adv_t or adv_t:narrow(1, r0, n),
       clip_range = t.clip_range, reduction = t.loss_reduction,
+      kl = self.base_unet and { base = self.base_unet, weight = t.kl_weight, estimator = t.kl_estimator } or nil,
     }
     -- a mean over the batch is the size-weighted mean of the micro-batch means
     if not whole and t.loss_reduction == 'mean' then loss = loss * (n / B) end
@@ -255,6 +259,7 @@ function Trainer:train_task(task, metrics)
         stats.loss, stats.grad_norm = stats.loss + lv, stats.grad_norm + gn
         stats.ratio_mean, stats.clipfrac = stats.ratio_mean + st.ratio_mean, stats.clipfrac + st.clipfrac
         stats.approx_kl = stats.approx_kl + st.approx_kl
+        if st.kl then stats.kl_base = (stats.kl_base or 0) + st.kl end
         stats.n = stats.n + 1
       else
         stats.skipped = stats.skipped + 1 -- NaN/inf never reaches the weights
@@ -267,6 +272,9 @@ function Trainer:train_task(task, metrics)
   for _, s in ipairs(scores) do metrics._scores[#metrics._scores + 1] = s end
   for _, key in ipairs { 'loss', 'ratio_mean', 'clipfrac', 'approx_kl', 'grad_norm' } do
     metrics[key] = (metrics[key] or 0) + (stats.n > 0 and stats[key] / stats.n or 0) / #self.tasks
+  end
+  if stats.kl_base then
+    metrics.kl_base = (metrics.kl_base or 0) + (stats.n > 0 and stats.kl_base / stats.n or 0) / #self.tasks
   end
   metrics.skipped_steps = (metrics.skipped_steps or 0) + stats.skipped
   metrics.nonfinite_rewards = (metrics.nonfinite_rewards or 0) + (ainfo.n_nonfinite or 0)
