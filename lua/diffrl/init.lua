@@ -17,6 +17,7 @@ M.prompts = require 'diffrl.prompts'
 M.config = require 'diffrl.config'
 M.rundir = require 'diffrl.rundir'
 M.progress = require 'diffrl.progress'
+M.report = require 'diffrl.report'
 M.pipeline = require 'diffrl.pipeline'
 M.rl = require 'diffrl.rl'
 

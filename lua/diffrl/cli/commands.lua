@@ -11,7 +11,7 @@ local function no_args(name, args)
   return 2
 end
 
-M.order = { 'run', 'sample', 'repl', 'test', 'version', 'help' }
+M.order = { 'run', 'sample', 'report', 'repl', 'test', 'version', 'help' }
 
 M.run = {
   summary = 'run a recipe or Lua file',
@@ -31,6 +31,12 @@ M.sample = {
   summary = 'text-to-image from a diffusers Stable Diffusion folder (DDIM) to PNG',
   usage = require('diffrl.cli.sample').usage,
   run = function(args) return require('diffrl.cli.sample').run(args) end,
+}
+
+M.report = {
+  summary = 'an HTML page of a run folder: reward curves, sample grids, config',
+  usage = require('diffrl.cli.report').usage,
+  run = function(args) return require('diffrl.cli.report').run(args) end,
 }
 
 M.repl = {
