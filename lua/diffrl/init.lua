@@ -13,6 +13,7 @@ for k, v in pairs(core) do M[k] = v end
 M.optim = require 'diffrl.optim'
 M.sampler = require 'diffrl.sampler'
 M.rewards = require 'diffrl.rewards'
+M.shapes = require 'diffrl.shapes'
 M.prompts = require 'diffrl.prompts'
 M.config = require 'diffrl.config'
 M.rundir = require 'diffrl.rundir'

@@ -317,4 +317,6 @@ function M.group_level(fn, name)
   end)
 end
 
+require('diffrl.rewards.shapes').register(M)
+
 return M
