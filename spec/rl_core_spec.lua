@@ -408,8 +408,9 @@ describe('rl.core.trajectory_step_loss: one PPO step on a sampled trajectory #bi
       local prompts = { 'a red circle', 'a blue square left of a green triangle' }
       local _, _, traj = pipe:sample { prompt = prompts, steps = case.steps, eta = case.eta, cfg = case.cfg,
                                        seed = 5, keep_trajectory = true }
-      local cond = pipe:encode_prompt(prompts)
-      local uncond = case.cfg > 1 and pipe:encode_prompt { '', '' } or nil
+      -- the embeddings sampling used (the pipeline encodes one negative prompt once)
+      local cond, uncond = traj.cond, case.cfg > 1 and traj.uncond or nil
+      assert.are.equal(0, (cond - pipe:encode_prompt(prompts)):abs():max():item())
       for i = 1, case.steps do
         local loss, st = core.trajectory_step_loss {
           unet = pipe.unet, scheduler = pipe.scheduler, trajectory = traj, index = i,

@@ -143,7 +143,24 @@ function Pipeline.sample(p, o)
   local scale = o.cfg or 7.5
   local gen = o.generator or core.Generator(o.seed or 0)
   local cond = p:encode_prompt(prompts)
-  local uncond = scale > 1 and p:encode_prompt(negatives) or nil
+  local uncond
+  if scale > 1 then
+    local same = true
+    for i = 2, #negatives do same = same and negatives[i] == negatives[1] end
+    if same then
+      -- one negative prompt for the whole batch (the usual case): encoded once per
+      -- pipeline and expanded, not B times per call (ddpo does the same)
+      p._uncond = p._uncond or {}
+      local row = p._uncond[negatives[1]]
+      if not row then
+        row = p:encode_prompt({ negatives[1] })
+        p._uncond[negatives[1]] = row
+      end
+      uncond = row:expand(batch, row:size(2), row:size(3))
+    else
+      uncond = p:encode_prompt(negatives)
+    end
+  end
   local unet = p.unet
   local model = sampler.cfg.wrap(function(x, t, c) return unet:forward(x, t, c) end, cond, uncond, scale)
   local latents, traj = sampler.sample {

@@ -236,6 +236,7 @@ function Trainer:train_task(task, metrics)
   }
   local t_sample = now() - t0
   local scores, rinfo = rewards.call(task.reward, images, prompts, { step = self.step + 1, task = task.name })
+  metrics.reward_s = (metrics.reward_s or 0) + (now() - t0 - t_sample)
   local adv, ainfo
   if task.tracker then
     adv, ainfo = task.tracker:update(prompts, scores)
