@@ -93,13 +93,7 @@ local function write_file(path, text)
   f:close()
 end
 
-local function read_file(path)
-  local f = io.open(path, 'rb')
-  if not f then return nil end
-  local text = f:read('*a')
-  f:close()
-  return text
-end
+local read_file = require('diffrl.rundir')._fs.read_file -- the text of a file, or nil
 
 local function mkdir_p(path)
   local ok = os.execute("mkdir -p '" .. path:gsub("'", "'\\''") .. "'")

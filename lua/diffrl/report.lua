@@ -24,13 +24,7 @@ pcall(ffi.cdef, 'char *realpath(const char *path, char *resolved_path);')
 
 -- ---- small helpers ----------------------------------------------------------------
 
-local function read_file(path)
-  local f = io.open(path, 'rb')
-  if not f then return nil end
-  local text = f:read('*a')
-  f:close()
-  return text
-end
+local read_file = fs.read_file -- the text of a file, or nil
 
 local ESCAPES = { ['&'] = '&amp;', ['<'] = '&lt;', ['>'] = '&gt;', ['"'] = '&quot;', ["'"] = '&#39;' }
 

@@ -182,7 +182,7 @@ local function read_file(path)
   return text
 end
 
-M._fs = { list_dir = list_dir, remove_tree = remove_tree, exists = exists }
+M._fs = { list_dir = list_dir, remove_tree = remove_tree, exists = exists, read_file = read_file }
 
 -- ---- JSON, byte-deterministic ------------------------------------------------------
 
