@@ -3,7 +3,10 @@
 --   local run = rundir.create(dir, { config_text = src, info = {...}, keep = 3 })
 --   local run = rundir.open(dir[, { keep = 3 }])      -- resuming; run.config_text
 --   run:log{ step = 1, loss = 0.5 }                   -- one line of metrics.jsonl
+--   run:log({ step = 0, ... }, 'eval')                -- one line of eval.jsonl
+--   run:read_log('eval')                              -- its lines as tables
 --   run:save_grid(step, images, prompts)              -- samples/step_000010.png + .txt
+--   run:save_heldout('before', images, prompts)       -- heldout/before.png + .txt
 --   run:save_checkpoint(step, { tensors = {...}, lua = {...} })
 --   local step, path = run:latest_checkpoint()
 --   local state = rundir.load_checkpoint(path)        -- { tensors = ..., lua = ... }
@@ -19,6 +22,8 @@
 --   config.lua     the resolved config, as Lua source
 --   metrics.jsonl  one JSON object per line, keys sorted, numbers as %.17g; NaN and
 --                  inf are written as null and their keys listed under "nonfinite"
+--   eval.jsonl     the same, for held-out evaluations (step 0: before training)
+--   heldout/       before.png / after.png (+ .txt): held-out samples, same noise
 --   samples/       step_000010.png (a grid) and step_000010.txt (its prompts)
 --   checkpoints/   step_000020/{tensors.safetensors, state.lua}, the last `keep`
 --
@@ -514,69 +519,115 @@ end
 
 -- ---- metrics ------------------------------------------------------------------------
 
-function Run:log(metrics)
+-- run:log(metrics[, stream]): one line of <stream>.jsonl, 'metrics' by default;
+-- 'eval' holds the held-out evaluations (step 0 = before training).
+local STREAMS = { 'metrics', 'eval' }
+local STREAM_OK = { metrics = true, eval = true }
+
+function Run:log(metrics, stream)
+  stream = stream or 'metrics'
+  if not STREAM_OK[stream] then
+    raise(("log: unknown stream '%s' (streams: %s)"):format(tostring(stream), table.concat(STREAMS, ', ')))
+  end
   if type(metrics) ~= 'table' or type(metrics.step) ~= 'number' then
     raise('log: metrics must be a table with a numeric step, got ' ..
           (type(metrics) == 'table' and ('step = ' .. tostring(metrics.step)) or type(metrics)))
   end
   local line = M.metrics_line(metrics) .. '\n'
-  if not self._metrics then
-    local path = self.dir .. '/metrics.jsonl'
-    local f, err = io.open(path, 'ab')
+  self._files = self._files or {}
+  local f = self._files[stream]
+  if not f then
+    local path = ('%s/%s.jsonl'):format(self.dir, stream)
+    local err
+    f, err = io.open(path, 'ab')
     if not f then raise(('log: cannot open %s: %s'):format(path, err)) end
-    self._metrics = f
+    self._files[stream] = f
   end
-  local ok, err = self._metrics:write(line)
-  if ok then ok, err = self._metrics:flush() end
-  if not ok then raise(('log: writing %s/metrics.jsonl failed: %s'):format(self.dir, tostring(err))) end
+  local ok, err = f:write(line)
+  if ok then ok, err = f:flush() end
+  if not ok then raise(('log: writing %s/%s.jsonl failed: %s'):format(self.dir, stream, tostring(err))) end
 end
 
--- Keeps the lines with step <= `step` (and drops a line a crash cut short), so
--- that a resumed run appends to exactly what an uninterrupted run had written.
+-- Keeps the lines with step <= `step` (and drops a line a crash cut short) of
+-- metrics.jsonl and eval.jsonl, so that a resumed run appends to exactly what an
+-- uninterrupted run had written. Returns the number of metrics lines kept.
 function Run:truncate_metrics(step)
   if type(step) ~= 'number' then raise('truncate_metrics: step must be a number, got ' .. type(step)) end
   self:close()
-  local path = self.dir .. '/metrics.jsonl'
-  local text = read_file(path)
-  if not text then return 0 end
   local cjson = require 'cjson.safe'
-  local kept = {}
-  for line in text:gmatch('([^\n]*)\n') do -- only complete lines
-    local m = cjson.decode(line)
-    if type(m) == 'table' and type(m.step) == 'number' and m.step <= step then
-      kept[#kept + 1] = line .. '\n'
+  local kept_metrics = 0
+  for _, stream in ipairs(STREAMS) do
+    local path = ('%s/%s.jsonl'):format(self.dir, stream)
+    local text = read_file(path)
+    if text then
+      local kept = {}
+      for line in text:gmatch('([^\n]*)\n') do -- only complete lines
+        local m = cjson.decode(line)
+        if type(m) == 'table' and type(m.step) == 'number' and m.step <= step then
+          kept[#kept + 1] = line .. '\n'
+        end
+      end
+      write_atomic(path, table.concat(kept))
+      if stream == 'metrics' then kept_metrics = #kept end
     end
   end
-  write_atomic(path, table.concat(kept))
-  return #kept
+  return kept_metrics
 end
 
 function Run:close()
-  if self._metrics then
-    self._metrics:close()
-    self._metrics = nil
+  for stream, f in pairs(self._files or {}) do
+    f:close()
+    self._files[stream] = nil
   end
+end
+
+-- The lines of <stream>.jsonl as tables (those that parse), in order.
+function Run:read_log(stream)
+  stream = stream or 'metrics'
+  if not STREAM_OK[stream] then raise(("read_log: unknown stream '%s'"):format(tostring(stream))) end
+  local text = read_file(('%s/%s.jsonl'):format(self.dir, stream))
+  local rows, cjson = {}, require 'cjson.safe'
+  for line in (text or ''):gmatch('([^\n]*)\n') do
+    local m = cjson.decode(line)
+    if type(m) == 'table' then rows[#rows + 1] = m end
+  end
+  return rows
 end
 
 -- ---- sample grids --------------------------------------------------------------------
 
-function Run:save_grid(step, images, prompts, opts)
-  check_step('save_grid', step)
-  if not core.is_tensor(images) then raise('save_grid: images must be a tensor, got ' .. type(images)) end
-  if type(prompts) ~= 'table' then raise('save_grid: prompts must be a list of strings, got ' .. type(prompts)) end
+-- A grid PNG and its prompts (one per line) at <stem>.png / <stem>.txt.
+local function save_images(op, stem, images, prompts, opts)
+  if not core.is_tensor(images) then raise(op .. ': images must be a tensor, got ' .. type(images)) end
+  if type(prompts) ~= 'table' then raise(op .. ': prompts must be a list of strings, got ' .. type(prompts)) end
   local count = images.ndim == 4 and images:size(1) or 1
   if #prompts ~= count then
-    raise(('save_grid: %d images but %d prompts'):format(count, #prompts))
+    raise(('%s: %d images but %d prompts'):format(op, count, #prompts))
   end
   local lines = {}
   for i, p in ipairs(prompts) do
-    if type(p) ~= 'string' then raise(('save_grid: prompts[%d] is a %s, not a string'):format(i, type(p))) end
+    if type(p) ~= 'string' then raise(('%s: prompts[%d] is a %s, not a string'):format(op, i, type(p))) end
     lines[i] = p:gsub('[\r\n]+', ' ') .. '\n' -- one prompt per line, always
   end
-  local stem = self.dir .. '/samples/' .. step_name(step)
   core.save_image(stem .. '.png', images, opts)
   write_atomic(stem .. '.txt', table.concat(lines))
   return stem .. '.png', stem .. '.txt'
+end
+
+function Run:save_grid(step, images, prompts, opts)
+  check_step('save_grid', step)
+  return save_images('save_grid', self.dir .. '/samples/' .. step_name(step), images, prompts, opts)
+end
+
+-- run:save_heldout('before' | 'after', images, prompts): heldout/<name>.png + .txt,
+-- the held-out samples diffrl report shows side by side.
+function Run:save_heldout(name, images, prompts, opts)
+  if name ~= 'before' and name ~= 'after' then
+    raise(("save_heldout: name must be 'before' or 'after', got %s"):format(tostring(name)))
+  end
+  local ok, err = make_dirs(self.dir .. '/heldout')
+  if not ok then raise(('save_heldout: cannot create %s/heldout (%s)'):format(self.dir, err)) end
+  return save_images('save_heldout', self.dir .. '/heldout/' .. name, images, prompts, opts)
 end
 
 -- ---- checkpoints ------------------------------------------------------------------------

@@ -38,8 +38,10 @@ Settings (defaults first, then the recipe's, then --config FILE, then --set):
 end
 
 -- rl.main(spec): spec.name, spec.defaults (a config layer), spec.tasks(cfg) ->
--- task list, spec.schema (default rl.schema), spec.argv (default the global arg).
--- Returns the last iteration's metrics (nil for --help).
+-- task list, spec.schema (default rl.schema), spec.argv (default the global arg),
+-- spec.pretrain_data(cfg) -> a source of image-text pairs for the pretraining
+-- loss (used when pretrain.weight > 0; else pretrain.data, a folder).
+-- Returns the last iteration's metrics and the trainer (nil for --help).
 function M.main(spec)
   local config = require 'diffrl.config'
   local schema = spec.schema or M.schema
@@ -68,9 +70,10 @@ function M.main(spec)
   end
   config_text = config.serialize(cfg)
   local tasks = spec.tasks(cfg)
+  local pretrain_data = spec.pretrain_data and cfg.pretrain.weight > 0 and spec.pretrain_data(cfg) or nil
   local trainer = M.trainer.new(cfg, { tasks = tasks, resume = args.resume, config_text = config_text,
-                                       recipe = spec.name })
-  return trainer:train()
+                                       recipe = spec.name, pretrain_data = pretrain_data })
+  return trainer:train(), trainer
 end
 
 return M

@@ -59,6 +59,15 @@ return config.schema(config.merge(config.common(), {
                  doc = 'classifier-free guidance scale, also in training (YAML: guidance_scale)' },
     resolution = { type = 'integer', default = 512, min = 8, doc = 'image height and width in pixels (YAML: resolution)' },
     negative_prompt = { type = 'string', default = '', doc = 'unconditional prompt of the guidance (not in the YAML: empty there)' },
+    images_per_prompt = { type = 'integer', default = 1, min = 1,
+                          doc = 'images per prompt in a batch (a group: the diversity reward and GRPO judge a '
+                                .. "prompt's images together); batch_size must be a multiple; a task may override it" },
+  },
+  eval = {
+    every = { type = 'integer', min = 1, optional = true,
+              doc = "evaluate the tasks' held-out prompts every N iterations; unset: before training and at the end only" },
+    seed = { type = 'integer', default = 7, min = 0,
+             doc = 'noise seed of the held-out samples: the same noise at every evaluation, so before/after pairs' },
   },
   checkpoint = {
     every = { default = 200, doc = 'write a checkpoint every N iterations (YAML: save_interval)' },

@@ -11,7 +11,11 @@
 --      the PPO-clipped loss on that step's recomputed log-probability, backward,
 --      gradient clipping, one optimizer step (skipped when not finite);
 -- then 5., one step of the ordinary diffusion loss on real image-text pairs
--- (pretrain.weight > 0, pretrain.data a folder; diffrl.data.folder).
+-- (pretrain.weight > 0; pretrain.data a folder (diffrl.data.folder) or the
+-- recipe's own source, opts.pretrain_data).
+-- Tasks with held-out prompts (task.heldout) are evaluated before training, every
+-- eval.every iterations and at the end, with the same noise each time: eval.jsonl
+-- (heldout_reward/<task>) and heldout/before.png, heldout/after.png.
 -- Every random draw comes from generators whose state the checkpoints keep, so
 -- a resumed run repeats the uninterrupted one bit for bit.
 local core = require 'diffrl.core'
@@ -55,26 +59,75 @@ end
 local Trainer = {}
 Trainer.__index = Trainer
 
+local TASK_FIELDS = { name = true, prompts = true, reward = true, weight = true, heldout = true,
+                      images_per_prompt = true, tracker = true }
+
+local function check_task(i, t, cfg)
+  if type(t) ~= 'table' then raise(('rl: task %d must be a table {name, prompts, reward}'):format(i)) end
+  if type(t.name) ~= 'string' then raise(('rl: task %d needs a name'):format(i)) end
+  for k in pairs(t) do
+    if not TASK_FIELDS[k] then
+      raise(("rl: task %s: unknown field '%s' (fields: heldout, images_per_prompt, name, prompts, reward, weight)")
+        :format(t.name, tostring(k)))
+    end
+  end
+  if type(t.prompts) ~= 'table' or type(t.prompts.next) ~= 'function' then
+    raise(('rl: task %s: prompts must be a prompt source (diffrl.prompts)'):format(t.name))
+  end
+  if type(t.reward) ~= 'function' then raise(('rl: task %s: reward must be a function'):format(t.name)) end
+  if t.weight ~= nil and (type(t.weight) ~= 'number' or not (t.weight >= 0)) then
+    raise(('rl: task %s: weight must be a number >= 0, got %s'):format(t.name, tostring(t.weight)))
+  end
+  local k = t.images_per_prompt or cfg.sample.images_per_prompt or 1
+  if type(k) ~= 'number' or k % 1 ~= 0 or k < 1 then
+    raise(('rl: task %s: images_per_prompt must be an integer >= 1, got %s'):format(t.name, tostring(k)))
+  end
+  if cfg.sample.batch_size % k ~= 0 then
+    raise(('rl: task %s: sample.batch_size = %d is not a multiple of images_per_prompt = %d')
+      :format(t.name, cfg.sample.batch_size, k))
+  end
+  if t.heldout ~= nil then
+    if type(t.heldout) ~= 'table' or #t.heldout == 0 then
+      raise(('rl: task %s: heldout must be a non-empty list of prompts'):format(t.name))
+    end
+    for j, p in ipairs(t.heldout) do
+      if type(p) ~= 'string' then
+        raise(('rl: task %s: heldout[%d] is a %s, not a prompt string'):format(t.name, j, type(p)))
+      end
+    end
+  end
+end
+
+local function check_source(what, src)
+  for _, m in ipairs { 'next', 'state', 'set_state' } do
+    if type(src) ~= 'table' or type(src[m]) ~= 'function' then
+      raise(('rl: %s must be a data source with next(n), state() and set_state(t); it has no %s')
+        :format(what, m))
+    end
+  end
+  return src
+end
+
 -- M.new(cfg, opts): opts.tasks = { {name, prompts (a diffrl.prompts source),
--- reward (a reward function)}, ... }; opts.resume (a run folder); opts.config_text.
+-- reward (a reward function), weight, heldout (a list of prompts),
+-- images_per_prompt}, ... }; opts.pretrain_data (a source of image-text pairs:
+-- next(n) -> images [n, 3, H, W] in [0, 1], captions; state, set_state);
+-- opts.resume (a run folder); opts.config_text.
 function M.new(cfg, opts)
   local tasks = opts.tasks
   if type(tasks) ~= 'table' or #tasks == 0 then raise('rl: at least one task {name, prompts, reward} is needed') end
-  for i, t in ipairs(tasks) do
-    if type(t.name) ~= 'string' then raise(('rl: task %d needs a name'):format(i)) end
-    if type(t.prompts) ~= 'table' or type(t.prompts.next) ~= 'function' then
-      raise(('rl: task %s: prompts must be a prompt source (diffrl.prompts)'):format(t.name))
-    end
-    if type(t.reward) ~= 'function' then raise(('rl: task %s: reward must be a function'):format(t.name)) end
-  end
+  for i, t in ipairs(tasks) do check_task(i, t, cfg) end
   local self = setmetatable({ cfg = cfg, tasks = tasks }, Trainer)
   if cfg.pretrain.weight > 0 then
-    if not cfg.pretrain.data then
+    if opts.pretrain_data then
+      self.pretrain_data = check_source('the recipe\'s pretrain_data', opts.pretrain_data)
+    elseif cfg.pretrain.data then
+      self.pretrain_data = require('diffrl.data.folder').open(cfg.pretrain.data,
+        { resolution = cfg.sample.resolution, seed = cfg.run.seed })
+    else
       raise('rl: pretrain.weight > 0 needs pretrain.data, a folder of image-text pairs ' ..
-            '(NAME.png/.jpg + NAME.txt); or set pretrain.weight = 0')
+            '(NAME.png/.jpg + NAME.txt), or a recipe that supplies pretrain_data; or set pretrain.weight = 0')
     end
-    self.pretrain_data = require('diffrl.data.folder').open(cfg.pretrain.data,
-      { resolution = cfg.sample.resolution, seed = cfg.run.seed })
   end
   for _, task in ipairs(tasks) do
     if cfg.train.advantage == 'per_prompt' then
@@ -224,10 +277,22 @@ function Trainer:policy_step(traj, j, adv_t, B, weight)
   return loss_sum, stats, gn
 end
 
+-- B prompts for a batch: B / k drawn from the source, each k times in a row, and
+-- their group ids (nil when k = 1).
+local function batch_prompts(list, k)
+  if k == 1 then return list, nil end
+  local prompts, groups = {}, {}
+  for g, p in ipairs(list) do
+    for _ = 1, k do prompts[#prompts + 1], groups[#groups + 1] = p, g end
+  end
+  return prompts, groups
+end
+
 function Trainer:train_task(task, metrics)
   local cfg, pipe = self.cfg, self.pipe
   local B = cfg.sample.batch_size
-  local prompts = task.prompts:next(B)
+  local k = task.images_per_prompt or cfg.sample.images_per_prompt
+  local prompts, groups = batch_prompts(task.prompts:next(B / k), k)
   local t0 = now()
   local images, _, traj = pipe:sample {
     prompt = prompts, negative = cfg.sample.negative_prompt or '', steps = cfg.sample.steps,
@@ -235,7 +300,8 @@ function Trainer:train_task(task, metrics)
     height = cfg.sample.resolution, width = cfg.sample.resolution, keep_trajectory = true,
   }
   local t_sample = now() - t0
-  local scores, rinfo = rewards.call(task.reward, images, prompts, { step = self.step + 1, task = task.name })
+  local scores, rinfo = rewards.call(task.reward, images, prompts,
+                                     { step = self.step + 1, task = task.name, groups = groups })
   metrics.reward_s = (metrics.reward_s or 0) + (now() - t0 - t_sample)
   local adv, ainfo
   if task.tracker then
@@ -316,6 +382,59 @@ function Trainer:pretrain_step(metrics)
   metrics.pretrain_loss = lv
 end
 
+-- ---- held-out evaluation --------------------------------------------------------------
+local GRID_PER_TASK = 8 -- held-out images per task in heldout/before.png, after.png
+
+-- Samples every task's held-out prompts with the eval.seed noise (the same at each
+-- call), scores them, logs heldout_reward/<task> to eval.jsonl at the current step
+-- and writes heldout/<label>.png. Returns the logged row, or nil when no task has
+-- held-out prompts.
+function Trainer:evaluate(label)
+  local cfg, pipe = self.cfg, self.pipe
+  local row, grid, grid_prompts = { step = self.step }, {}, {}
+  local t0 = now()
+  for ti, task in ipairs(self.tasks) do
+    if task.heldout then
+      local k = task.images_per_prompt or cfg.sample.images_per_prompt
+      local prompts, groups = batch_prompts(task.heldout, k)
+      groups = groups or {}
+      local chunk = math.max(k, math.floor(cfg.sample.batch_size / k) * k)
+      local gen = core.Generator(cfg.eval.seed + 7919 * (ti - 1))
+      local scores = {}
+      for c = 1, #prompts, chunk do
+        local sub, sub_groups = {}, {}
+        for i = c, math.min(c + chunk - 1, #prompts) do
+          sub[#sub + 1], sub_groups[#sub_groups + 1] = prompts[i], groups[i]
+        end
+        local images = core.no_grad(function()
+          return pipe:sample { prompt = sub, negative = cfg.sample.negative_prompt or '', steps = cfg.sample.steps,
+                               cfg = cfg.sample.guidance, eta = cfg.sample.eta, generator = gen,
+                               height = cfg.sample.resolution, width = cfg.sample.resolution }
+        end)
+        local s = rewards.call(task.reward, images, sub, { step = self.step, task = task.name, heldout = true,
+                                                           groups = k > 1 and sub_groups or nil })
+        for i = 1, #sub do
+          scores[#scores + 1] = s[i]
+          local shown = 0
+          for _, p in ipairs(grid_prompts) do if p.task == ti then shown = shown + 1 end end
+          if shown < GRID_PER_TASK then
+            grid[#grid + 1] = images:narrow(1, i, 1)
+            grid_prompts[#grid_prompts + 1] = { task = ti, text = ('[%s] %s'):format(task.name, sub[i]) }
+          end
+        end
+      end
+      row['heldout_reward/' .. task.name], row['heldout_std/' .. task.name] = mean_std(scores)
+    end
+  end
+  if #grid == 0 then return nil end
+  row.time_s = now() - t0
+  self.run:log(row, 'eval')
+  local texts = {}
+  for i, p in ipairs(grid_prompts) do texts[i] = p.text end
+  self.run:save_heldout(label, core.cat(grid, 1), texts)
+  return row
+end
+
 function Trainer:iteration()
   local t0 = now()
   local metrics = {}
@@ -337,22 +456,79 @@ function Trainer:iteration()
   if self.cfg.log and self.cfg.log.grid_every and self.step % self.cfg.log.grid_every == 0 then
     self.run:save_grid(self.step, first_images, first_prompts)
   end
+  local eval_every = self.cfg.eval.every
+  if self.step == self.cfg.train.iterations or (eval_every and self.step % eval_every == 0) then
+    self:evaluate('after')
+  end
   if self.step % every == 0 or self.step == self.cfg.train.iterations then
     self.run:save_checkpoint(self.step, self:state())
   end
   return metrics
 end
 
+-- ---- the end-of-run table -----------------------------------------------------------------
+
+-- Per task: the training reward at the start and at the end (means over the first
+-- and last few logged iterations) and the held-out reward before and after.
+function Trainer:summary()
+  local rows = self.run:read_log('metrics')
+  local evals = self.run:read_log('eval')
+  local w = math.max(1, math.min(5, math.floor(#rows / 4)))
+  local out = {}
+  for _, task in ipairs(self.tasks) do
+    local key = 'reward_mean/' .. task.name
+    local function window(from, to)
+      local s, n = 0, 0
+      for i = math.max(1, from), math.min(#rows, to) do
+        local v = rows[i][key]
+        if type(v) == 'number' then s, n = s + v, n + 1 end
+      end
+      return n > 0 and s / n or nil
+    end
+    local r = { task = task.name, window = w, train_first = window(1, w), train_last = window(#rows - w + 1, #rows) }
+    local hk = 'heldout_reward/' .. task.name
+    for _, e in ipairs(evals) do
+      if type(e[hk]) == 'number' then
+        if e.step == 0 then r.heldout_before = e[hk] end
+        r.heldout_after, r.heldout_step = e[hk], e.step
+      end
+    end
+    if r.heldout_step == 0 then r.heldout_after = nil end
+    out[#out + 1] = r
+  end
+  return out
+end
+
+local function cell(a, b)
+  if not a or not b then return (a and ('%.4f'):format(a) or '-'), '' end
+  return ('%.4f -> %.4f'):format(a, b), ('%+.4f'):format(b - a)
+end
+
+function M.summary_text(rows)
+  local lines = {}
+  local w = rows[1] and rows[1].window or 1
+  lines[1] = ('%-14s %-26s %-9s %-26s %s'):format('task', ('train reward (%d it. avg)'):format(w), 'change',
+                                                   'held-out reward', 'change')
+  for _, r in ipairs(rows) do
+    local t, dt = cell(r.train_first, r.train_last)
+    local h, dh = cell(r.heldout_before, r.heldout_after)
+    lines[#lines + 1] = ('%-14s %-26s %-9s %-26s %s'):format(r.task, t, dt, h, dh)
+  end
+  return table.concat(lines, '\n')
+end
+
 -- Runs until train.iterations; returns the last metrics.
 function Trainer:train()
   local total = self.cfg.train.iterations
-  local bar = progress.bar { total = total, label = 'iteration' }
+  if self.step == 0 then self:evaluate('before') end -- the baseline, on held-out prompts
+  local bar = progress.bar { total = total, label = 'iteration', initial = self.step }
   local last
   while self.step < total do
     last = self:iteration()
     bar:update(self.step, ('reward %.4g'):format(last.reward_mean))
   end
   bar:finish()
+  io.write(M.summary_text(self:summary()), '\n')
   return last
 end
 
