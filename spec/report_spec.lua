@@ -165,6 +165,23 @@ describe('#cli diffrl report', function()
     assert_contains(html, 'held &lt;out&gt; prompt')
   end)
 
+  it('shows the held-out rewards of eval.jsonl: a chart per task from 3 evaluations, and the table', function()
+    local dir = make_run()
+    h.write_file(dir .. '/eval.jsonl', '{"heldout_reward/composition":0.1,"heldout_std/composition":0.05,"step":0}\n')
+    assert.are.equal(0, h.diffrl({ 'report', dir }).code)
+    local html = h.read_file(dir .. '/report.html')
+    assert_contains(html, '<section id="heldout-rewards">')
+    assert.is_nil(chart(html, 'heldout_reward/composition')) -- one evaluation: a table, no chart
+    h.write_file(dir .. '/eval.jsonl', '{"heldout_reward/composition":0.1,"heldout_std/composition":0.05,"step":0}\n' ..
+      '{"heldout_reward/composition":0.3,"heldout_std/composition":0.05,"step":2}\n' ..
+      '{"heldout_reward/composition":0.4,"heldout_std/composition":0.05,"step":4}\n')
+    assert.are.equal(0, h.diffrl({ 'report', dir }).code)
+    html = h.read_file(dir .. '/report.html')
+    local c = assert(chart(html, 'heldout_reward/composition'), 'no held-out chart')
+    assert.are.same({ 3 }, polyline_lengths(c))
+    assert_contains(html, '<td>composition</td><td class="n">0.1 (0)</td><td class="n">0.4 (4)</td>')
+  end)
+
   it('draws a run of one step', function()
     local dir = make_run()
     local first = h.read_file(dir .. '/metrics.jsonl'):match('^[^\n]*\n')

@@ -465,6 +465,40 @@ local function heldout_section(dir)
   return table.concat(out)
 end
 
+-- eval.jsonl (the trainer's held-out evaluations, step 0 = before training): a
+-- chart per task when there are 3 or more, and the before/after table.
+local function heldout_rewards(evals)
+  local tasks, seen = {}, {}
+  for _, r in ipairs(evals) do
+    for k in pairs(r) do
+      local t = type(k) == 'string' and k:match('^heldout_reward/(.+)$')
+      if t and not seen[t] then seen[t], tasks[#tasks + 1] = true, t end
+    end
+  end
+  table.sort(tasks)
+  if #tasks == 0 then return '' end
+  local out, table_rows = { '<section id="heldout-rewards"><h2>Held-out rewards</h2>\n<div class="charts">' }, {}
+  for _, task in ipairs(tasks) do
+    local xs, ys = series(evals, 'heldout_reward/' .. task)
+    local _, sd = series(evals, 'heldout_std/' .. task)
+    if #evals >= 3 then
+      local s = { name = task, ys = ys }
+      if sd then
+        s.lo, s.hi = {}, {}
+        for i = 1, #ys do s.lo[i], s.hi[i] = ys[i] - sd[i], ys[i] + sd[i] end
+      end
+      out[#out + 1] = line_chart { metric = 'heldout_reward/' .. task, title = task .. ' (held out)', width = 560,
+                                   height = 300, xs = xs, series = { s }, ylabel = 'reward' }
+    end
+    local a, b = first_last(xs, ys)
+    table_rows[#table_rows + 1] = { name = task, first = a, last = b }
+  end
+  out[#out + 1] = '</div>\n<h3>Before vs after training (held-out prompts, the same noise)</h3>'
+  out[#out + 1] = reward_table(table_rows)
+  out[#out + 1] = '</section>\n'
+  return table.concat(out)
+end
+
 local STAT_CHARTS = { 'loss', 'clipfrac', 'approx_kl', 'grad_norm', 'images_per_s' }
 
 -- ---- the page -------------------------------------------------------------------------
@@ -565,6 +599,8 @@ function M.render(run_dir, opts)
   -- held-out before/after, if a run wrote it
   local held = heldout_section(dir .. '/heldout')
   if held then add(held .. '\n') end
+  local evals = read_metrics(dir .. '/eval.jsonl')
+  if evals and #evals > 0 then add(heldout_rewards(evals)) end
 
   -- reward curves
   add('<section id="rewards"><h2>Rewards</h2>\n')
