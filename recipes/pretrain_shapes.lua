@@ -85,7 +85,7 @@ end
 
 local function data_batch(n, offset)
   return shapes.sample(n, { seed = cfg.run.seed, offset = offset, resolution = cfg.data.resolution,
-                            max_objects = cfg.data.max_objects })
+                            max_objects = cfg.data.max_objects, open_color = cfg.data.open_color })
 end
 
 -- ---- the models ----------------------------------------------------------------------

@@ -508,6 +508,8 @@ M.schema = {
   data = {
     resolution = int(32, 'image side in pixels (shapes.sample resolution)'),
     max_objects = int(3, 'at most this many shapes per image'),
+    open_color = num(0, "probability that a caption leaves the colours open ('a circle'), so the model " ..
+                        'also draws prompts that do not name a colour'),
   },
   tokenizer = {
     corpus = int(2000, 'captions the BPE merges are learned from'),
