@@ -12,8 +12,16 @@
 --     cycles through the prompts, epoch after epoch; with shuffle (the default)
 --     each epoch is a new seeded permutation (Fisher-Yates).
 --   prompts.file(path, { dedupe = true, holdout = 0, split = 'train', split_seed = 0,
---                        seed = 0, shuffle = true, min_length, max_length, banned, name })
---     one prompt per line, trimmed; empty lines skipped; duplicates dropped (the
+--                        seed = 0, shuffle = true, min_length, max_length, banned, name,
+--                        format, column = 'prompt', rank = 0, world_size = 1 })
+--     one prompt per line (.txt), or the string field / column `column` of a .jsonl
+--     or .csv file (RFC 4180, header row; format = 'txt' | 'jsonl' | 'csv' overrides
+--     the extension). Streamed: the file is never held in memory, only the byte
+--     range and hash of each kept prompt (16 bytes), and prompts are read again
+--     when drawn. Rank r of world_size W draws positions r, r + W, ... of each
+--     epoch's seeded order (floor(n / W) a rank and epoch): the ranks' prompts are
+--     disjoint and de-dup, filters and split do not depend on W. Trimmed; empty
+--     lines skipped; duplicates dropped (the
 --     first occurrence wins: the official code's prompt lists repeat prompts);
 --     lengths in characters (UTF-8 code points); `banned` words or phrases drop a
 --     prompt that contains one (case-insensitive, whole words). A prompt is held out
@@ -37,6 +45,7 @@
 local ffi = require 'ffi'
 local bit = require 'bit'
 local api = require 'diffrl.core.ffi'
+local records = require 'diffrl.data.records'
 
 local raise = api.raise
 local M = {}
@@ -214,10 +223,6 @@ end
 
 -- ---- prompts.file -------------------------------------------------------------------
 
-local FILE_OPTIONS = { dedupe = true, holdout = true, split = true, split_seed = true, seed = true,
-                       shuffle = true, min_length = true, max_length = true, banned = true,
-                       name = true }
-
 -- Byte offset of the first invalid UTF-8 sequence in s, or nil.
 local function utf8_error(s)
   local i, n = 1, #s
@@ -267,14 +272,132 @@ local function banned_patterns(op, list)
   return out
 end
 
-local function read_all(op, path)
+-- The file source keeps no prompt text: one streaming pass over the file keeps,
+-- per kept prompt, its record's byte range and 32-bit FNV-1a hash in FFI arrays
+-- (16 bytes a prompt), and de-duplicates by a 64-bit key (FNV-1a and a second
+-- multiplicative hash) in an open-addressing set that is dropped after the pass;
+-- next() reads the chosen records again by offset. Two different prompts share a
+-- key with probability ~n^2 / 2^65 (3e-6 for 10M distinct prompts): one of them
+-- would be dropped as a duplicate.
+
+-- Trims `text` (Lua's %s: space and \t \n \v \f \r) and hashes the rest in one
+-- pass, in code the JIT compiles (string.match and pattern finds it does not):
+-- the 0-based bounds [i, j] of the prompt (i > j: blank), its FNV-1a (as fnv1a, but
+-- a signed 32-bit number), a second multiplicative hash, and whether it holds a
+-- byte >= 128 (then UTF-8 is checked and characters counted the slow way).
+local function trim_hash(text)
+  local p = ffi.cast('const uint8_t *', text)
+  local i, j = 0, #text - 1
+  while i <= j do
+    local c = p[i]
+    if c ~= 32 and (c < 9 or c > 13) then break end
+    i = i + 1
+  end
+  while j >= i do
+    local c = p[j]
+    if c ~= 32 and (c < 9 or c > 13) then break end
+    j = j - 1
+  end
+  local h1, h2, any = bit.tobit(0x811C9DC5), 0x2545F491, 0
+  for k = i, j do
+    local c = p[k]
+    any = bit.bor(any, c)
+    h1 = bit.bxor(h1, c)
+    h1 = bit.tobit(bit.lshift(h1, 24) + h1 * 403)
+    h2 = bit.tobit(bit.bxor(h2, c) * 65599 + 7)
+  end
+  return i, j, h1, h2, any >= 128
+end
+
+-- Large arrays live in C memory (malloc / realloc, freed by ffi.gc or at once), not
+-- in the Lua heap: the GC does not count them, so it keeps the per-line garbage
+-- small, and realloc can grow a big array in place.
+pcall(ffi.cdef, [[
+void *malloc(size_t size);
+void *calloc(size_t n, size_t size);
+void *realloc(void *p, size_t size);
+void free(void *p);
+]])
+
+local function c_array(ctype, n, zero)
+  local p = zero and ffi.C.calloc(n, ffi.sizeof(ctype)) or ffi.C.malloc(n * ffi.sizeof(ctype))
+  if p == nil then raise(('prompts.file: out of memory for %d entries'):format(n)) end
+  return ffi.gc(ffi.cast(ctype .. ' *', p), ffi.C.free)
+end
+
+local function c_grow(ctype, arr, n)
+  local p = ffi.C.realloc(ffi.gc(arr, nil), n * ffi.sizeof(ctype))
+  if p == nil then
+    ffi.gc(arr, ffi.C.free)
+    raise(('prompts.file: out of memory for %d entries'):format(n))
+  end
+  return ffi.gc(ffi.cast(ctype .. ' *', p), ffi.C.free)
+end
+
+local function c_free(arr) if arr ~= nil then ffi.C.free(ffi.gc(arr, nil)) end end
+
+local function new_seen(cap)
+  return { cap = cap, n = 0, a = c_array('int32_t', cap), b = c_array('int32_t', cap),
+           used = c_array('uint8_t', cap, true) }
+end
+
+local function free_seen(s) c_free(s.a) c_free(s.b) c_free(s.used) end
+
+local seen_add
+local function seen_grow(s)
+  local old = s
+  local new = new_seen(old.cap * 2)
+  for i = 0, old.cap - 1 do
+    if old.used[i] ~= 0 then seen_add(new, old.a[i], old.b[i]) end
+  end
+  free_seen(old)
+  s.cap, s.n, s.a, s.b, s.used = new.cap, new.n, new.a, new.b, new.used
+end
+
+-- Adds the key (a, b); true when it was not there yet.
+function seen_add(s, a, b)
+  if (s.n + 1) * 4 > s.cap * 3 then seen_grow(s) end
+  local mask = s.cap - 1
+  local A, B, U = s.a, s.b, s.used
+  local i = bit.band(bit.bxor(a, bit.rol(b, 16)), mask)
+  while U[i] ~= 0 do
+    if A[i] == a and B[i] == b then return false end
+    i = bit.band(i + 1, mask)
+  end
+  U[i], A[i], B[i] = 1, a, b
+  s.n = s.n + 1
+  return true
+end
+
+-- Growable arrays of the kept records: offset (double: exact to 2^53), length, hash.
+local function new_records(cap)
+  return { cap = cap, n = 0, offset = c_array('double', cap), length = c_array('int32_t', cap),
+           hash = c_array('int32_t', cap) }
+end
+
+local function records_add(r, offset, length, hash)
+  if r.n == r.cap then
+    local cap = r.cap * 2
+    r.offset, r.length, r.hash = c_grow('double', r.offset, cap), c_grow('int32_t', r.length, cap),
+                                 c_grow('int32_t', r.hash, cap)
+    r.cap = cap
+  end
+  r.offset[r.n], r.length[r.n], r.hash[r.n] = offset, length, hash
+  r.n = r.n + 1
+end
+
+local FILE_OPTIONS = { dedupe = true, holdout = true, split = true, split_seed = true, seed = true,
+                       shuffle = true, min_length = true, max_length = true, banned = true,
+                       name = true, format = true, column = true, rank = true, world_size = true }
+
+local function open_file(op, path)
   local f, err = io.open(path, 'rb')
   if not f then raise(('%s: cannot open %s: %s'):format(op, path, tostring(err))) end
-  local text, rerr = f:read('*a')
-  f:close()
-  if not text then raise(('%s: cannot read %s: %s'):format(op, path, tostring(rerr))) end
-  return text
+  return f
 end
+
+local FileSource = {}
+FileSource.__index = FileSource
 
 function M.file(path, opts)
   local op = 'prompts.file'
@@ -291,63 +414,197 @@ function M.file(path, opts)
   if split ~= 'train' and split ~= 'test' then
     raise(("%s: split must be 'train' or 'test', got %s"):format(op, tostring(split)))
   end
+  local format = opts.format or records.format_of(path)
+  if format ~= 'txt' and format ~= 'jsonl' and format ~= 'csv' then
+    raise(("%s: format must be 'txt', 'jsonl' or 'csv', got %s"):format(op, tostring(format)))
+  end
+  local column = opts.column
+  if format == 'txt' and column ~= nil then
+    raise(("%s: column is for .jsonl and .csv files; %s is read as text lines (set format)"):format(op, path))
+  end
+  column = column or 'prompt'
+  if type(column) ~= 'string' or column == '' then
+    raise(('%s: column must be a non-empty string, got %s'):format(op, tostring(column)))
+  end
   local split_seed = int_option(op, opts, 'split_seed', 0, 0)
   local min_length = int_option(op, opts, 'min_length', 0, 0)
   local max_length = int_option(op, opts, 'max_length', math.huge, 0)
+  local world_size = int_option(op, opts, 'world_size', 1, 1)
+  local rank = int_option(op, opts, 'rank', 0, 0)
+  if rank >= world_size then
+    raise(('%s: rank must be in [0, world_size = %d), got %d'):format(op, world_size, rank))
+  end
   local banned = banned_patterns(op, opts.banned)
   local base = path:match('([^/]*)$'):gsub('%.[^.]*$', '')
-  local cycle_opts = { seed = int_option(op, opts, 'seed', 0, 0),
-                       shuffle = bool_option(op, opts, 'shuffle', true),
-                       name = name_option(op, opts, base ~= '' and base or path) }
+  local count_chars = min_length > 0 or max_length < math.huge
 
-  local text = read_all(op, path)
-  if text:sub(1, 3) == '\239\187\191' then text = text:sub(4) end -- UTF-8 byte order mark
+  local function fail(lineno, msg)
+    raise(('%s: %s:%s: %s'):format(op, path, tostring(lineno), msg))
+  end
+  local reader = records.reader(format, column, fail)
   local stats = { lines = 0, empty = 0, duplicates = 0, too_short = 0, too_long = 0, banned = 0,
                   train = 0, test = 0 }
-  local seen, items, lineno = {}, {}, 0
-  if text ~= '' and text:sub(-1) ~= '\n' then text = text .. '\n' end
-  for line in text:gmatch('([^\n]*)\n') do
-    lineno = lineno + 1
-    if line:find('\0', 1, true) then
-      raise(('%s: %s:%d: a NUL byte (is this a text file?)'):format(op, path, lineno))
-    end
-    local p = line:match('^%s*(.*%S)')
-    if p and p:find('[\128-\255]') then
-      local at = utf8_error(p)
-      if at then raise(('%s: %s:%d: invalid UTF-8 at byte %d of the prompt'):format(op, path, lineno, at)) end
-    end
-    if not p then
-      stats.empty = stats.empty + 1
-    elseif dedupe and seen[p] then
-      stats.duplicates = stats.duplicates + 1
-    else
-      seen[p] = true
-      local len = char_count(p)
-      local lower = #banned > 0 and p:lower()
-      local is_banned = false
-      for _, pat in ipairs(banned) do
-        if lower:find(pat) then is_banned = true break end
+  local seen = dedupe and new_seen(1024)
+  local kept = new_records(1024)
+  local f = open_file(op, path)
+  local ok, err = pcall(function()
+    stats.lines = records.each(f, format == 'csv', function(offset, length, lineno, raw)
+      if raw:find('\0', 1, true) then fail(lineno, 'a NUL byte (is this a text file?)') end
+      local text = reader.prompt(raw, lineno)
+      if text == nil then return end -- the CSV header
+      local i, j, h1, h2, high = trim_hash(text)
+      if i > j then
+        stats.empty = stats.empty + 1
+        return
       end
-      if len < min_length then stats.too_short = stats.too_short + 1
-      elseif len > max_length then stats.too_long = stats.too_long + 1
-      elseif is_banned then stats.banned = stats.banned + 1
-      else
-        local side = holdout > 0 and unit(fnv1a(p), split_seed) < holdout and 'test' or 'train'
-        stats[side] = stats[side] + 1
-        if side == split then items[#items + 1] = p end
+      local p -- the prompt as a Lua string, made only when a check needs it
+      if high then
+        p = text:sub(i + 1, j + 1)
+        local at = utf8_error(p)
+        if at then fail(lineno, ('invalid UTF-8 at byte %d of the prompt'):format(at)) end
       end
-    end
-  end
-  stats.lines = lineno
-  if #items == 0 then
+      if seen and not seen_add(seen, h1, h2) then
+        stats.duplicates = stats.duplicates + 1
+        return
+      end
+      if count_chars then
+        local len = high and char_count(p) or j - i + 1
+        if len < min_length then stats.too_short = stats.too_short + 1 return end
+        if len > max_length then stats.too_long = stats.too_long + 1 return end
+      end
+      if #banned > 0 then
+        local lower = (p or text:sub(i + 1, j + 1)):lower()
+        for _, pat in ipairs(banned) do
+          if lower:find(pat) then stats.banned = stats.banned + 1 return end
+        end
+      end
+      local side = holdout > 0 and unit(h1 % TWO32, split_seed) < holdout and 'test' or 'train'
+      stats[side] = stats[side] + 1
+      if side == split then records_add(kept, offset, length, h1) end
+    end, fail)
+  end)
+  f:close()
+  if seen then free_seen(seen) end -- the pass's largest allocation: gone before the shuffle's
+  if not ok then error(err, 0) end
+  local n = kept.n
+  if n == 0 then
     raise(('%s: %s: no %s prompts left (%d lines: %d empty, %d duplicates, %d too short, '
       .. '%d too long, %d banned; %d train, %d test)'):format(op, path, split, stats.lines,
       stats.empty, stats.duplicates, stats.too_short, stats.too_long, stats.banned, stats.train,
       stats.test))
   end
-  local src = new_cycle('file', op .. ' ' .. path, items, cycle_opts)
-  src.path, src.split, src.stats = path, split, stats
-  return src
+  local per_rank = math.floor(n / world_size)
+  if per_rank == 0 then
+    raise(('%s: %s: %d %s prompts cannot be shared by %d ranks'):format(op, path, n, split, world_size))
+  end
+  if kept.cap > n then -- give back the doubling's slack
+    kept.offset, kept.length, kept.hash = c_grow('double', kept.offset, n), c_grow('int32_t', kept.length, n),
+                                          c_grow('int32_t', kept.hash, n)
+    kept.cap = n
+  end
+  -- the fingerprint of prompts.list over the same prompts, from the kept hashes
+  local fp = U64(n)
+  for i = 0, n - 1 do fp = mix64(fp + U64(kept.hash[i] % TWO32)) end
+  return setmetatable({
+    op = op .. ' ' .. path, path = path, format = format, reader = reader, fail = fail,
+    kept = kept, total = n, n = per_rank, rank = rank, world_size = world_size,
+    seed = int_option(op, opts, 'seed', 0, 0), shuffle = bool_option(op, opts, 'shuffle', true),
+    name = name_option(op, opts, base ~= '' and base or path), fingerprint = bit.tohex(fp),
+    split = split, stats = stats, epoch = 0, pos = 0,
+  }, FileSource)
+end
+
+-- The order of epoch e over all kept prompts (0-based indices in an int32 array):
+-- prompts.list's permutation, so the same prompts give the same stream.
+function FileSource:_order()
+  if self.order and self.order_epoch == self.epoch then return self.order end
+  local n = self.total
+  local order = self.order or c_array('int32_t', n)
+  for i = 0, n - 1 do order[i] = i end
+  if self.shuffle then
+    local below = stream(self.seed, self.epoch)
+    for i = n, 2, -1 do
+      local j = below(i)
+      order[i - 1], order[j] = order[j], order[i - 1]
+    end
+  end
+  self.order, self.order_epoch = order, self.epoch
+  return order
+end
+
+-- The prompt of kept record k (0-based), read from the file open in f.
+function FileSource:_read(f, k)
+  local kept = self.kept
+  local offset = kept.offset[k]
+  local raw = f:seek('set', offset) and f:read(kept.length[k]) or ''
+  local text = #raw == kept.length[k] and self.reader.prompt(raw, 'byte ' .. offset)
+  local p = text and text:match('^%s*(.*%S)')
+  if not p or bit.tobit(fnv1a(p)) ~= kept.hash[k] then
+    raise(('%s: the file changed since it was opened (the record at byte %d differs): open it again')
+      :format(self.op, offset))
+  end
+  return p
+end
+
+-- Rank r of W takes positions r, r + W, r + 2W, ... of each epoch's order, so the
+-- ranks' prompts are disjoint and together are one rank's stream.
+function FileSource:next(count)
+  check_count(self.op, count)
+  local out = {}
+  if count == 0 then return out end
+  local f = open_file(self.op, self.path)
+  local ok, err = pcall(function()
+    for k = 1, count do
+      if self.pos == self.n then self.epoch, self.pos = self.epoch + 1, 0 end
+      local order = self:_order()
+      out[k] = self:_read(f, order[self.rank + self.world_size * self.pos])
+      self.pos = self.pos + 1
+    end
+  end)
+  f:close()
+  if not ok then error(err, 0) end
+  return out
+end
+
+function FileSource:size() return self.n end
+
+-- Every prompt of the split (all ranks), in file order.
+function FileSource:all()
+  local f, out = open_file(self.op, self.path), {}
+  local ok, err = pcall(function()
+    for k = 0, self.total - 1 do out[k + 1] = self:_read(f, k) end
+  end)
+  f:close()
+  if not ok then error(err, 0) end
+  return out
+end
+
+function FileSource:state()
+  return { kind = 'file', name = self.name, size = self.total, fingerprint = self.fingerprint,
+           seed = self.seed, shuffle = self.shuffle, epoch = self.epoch, pos = self.pos,
+           rank = self.rank, world_size = self.world_size }
+end
+
+function FileSource:set_state(st)
+  if type(st) ~= 'table' then raise(self.op .. ': set_state: expected a table, got ' .. type(st)) end
+  state_field(self.op, st, 'kind', 'file')
+  if st.size ~= self.total or st.fingerprint ~= self.fingerprint then
+    raise(('%s: set_state: the state is for %s prompts (fingerprint %s), this source has %d '
+      .. '(fingerprint %s): the prompts changed since it was saved'):format(self.op,
+      tostring(st.size), tostring(st.fingerprint), self.total, self.fingerprint))
+  end
+  state_field(self.op, st, 'seed', self.seed)
+  state_field(self.op, st, 'shuffle', self.shuffle)
+  if (st.world_size or 1) ~= self.world_size or (st.rank or 0) ~= self.rank then
+    raise(('%s: set_state: the state is for rank %s of %s, this source is rank %d of %d')
+      :format(self.op, tostring(st.rank or 0), tostring(st.world_size or 1), self.rank, self.world_size))
+  end
+  if type(st.epoch) ~= 'number' or st.epoch % 1 ~= 0 or st.epoch < 0 or type(st.pos) ~= 'number'
+      or st.pos % 1 ~= 0 or st.pos < 0 or st.pos > self.n then
+    raise(('%s: set_state: bad position epoch = %s, pos = %s'):format(self.op, tostring(st.epoch),
+      tostring(st.pos)))
+  end
+  self.epoch, self.pos = st.epoch, st.pos
 end
 
 -- ---- prompts.templates --------------------------------------------------------------
