@@ -163,9 +163,11 @@ describe('the reward registry #binding', function()
     assert.is_function(rewards.registry.jpeg_incompressibility)
   end)
 
-  it('says ImageReward is not implemented yet, and where to go instead', function()
-    assert.matches('imagereward: the ImageReward model is not implemented yet %(issue 10%); use a reward '
-      .. 'registered with rewards.register or a Lua function', h.error_of(rewards.get, 'imagereward'))
+  it('says what ImageReward needs (spec/imagereward_spec.lua runs it)', function()
+    assert.matches("imagereward: tokenizer is required: the path of bert%-base%-uncased's vocab.txt",
+      h.error_of(rewards.get, 'imagereward'))
+    assert.matches('imagereward: path %(the ImageReward folder or weights file%) is required',
+      h.error_of(rewards.get, 'imagereward', { tokenizer = function() end }))
   end)
 
   it('takes new rewards by register and refuses unknown names and duplicates', function()

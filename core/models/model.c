@@ -79,6 +79,7 @@ static dr_status param_new(dr_model *m, dr_tensor **slot, int32_t init, double i
     p->init = init;
     p->init_arg = init_arg;
     p->adapter = adapter;
+    p->optional = false;
     index_insert(m->slots, m->nslots, copy, m->nparams);
     m->nparams++;
     *slot = t;
@@ -153,6 +154,7 @@ static const struct { const char *kind; builder_fn build; } builders[] = {
     {"unet", dr_unet_build},
     {"vae", dr_vae_build},
     {"clip_text", dr_clip_text_build},
+    {"imagereward", dr_imagereward_build},
 };
 
 void dr_model_free(dr_model *m) {
@@ -179,7 +181,7 @@ dr_status dr_model_create(const char *kind, const char *config_json, size_t len,
     for (size_t i = 0; i < sizeof builders / sizeof *builders; i++)
         if (strcmp(kind, builders[i].kind) == 0) build = builders[i].build;
     if (!build)
-        return dr_fail(DR_ERR_ARG, "model_create: unknown model kind '%s' (expected unet, vae or clip_text)",
+        return dr_fail(DR_ERR_ARG, "model_create: unknown model kind '%s' (expected unet, vae, clip_text or imagereward)",
                        kind);
     dr_model *m = calloc(1, sizeof *m);
     if (!m) return dr_fail(DR_ERR_OOM, "model_create: out of memory");
@@ -263,13 +265,93 @@ static const char *name_list_str(const name_list *l) {
 }
 
 /* Checkpoint keys that are buffers, not parameters (transformers keeps
- * position_ids in older CLIP files). */
+ * position_ids in older CLIP files, ImageReward.pt the BERT embeddings' one). */
 static bool ignorable_key(const dr_model *m, const char *key) {
-    if (strcmp(m->kind, "clip_text") == 0) {
+    if (strcmp(m->kind, "clip_text") == 0 || strcmp(m->kind, "imagereward") == 0) {
         size_t n = strlen(key);
         return n >= 12 && strcmp(key + n - 12, "position_ids") == 0;
     }
     return false;
+}
+
+/* One load in progress: which parameters were present, what did not fit. */
+typedef struct load_state {
+    bool *seen;
+    name_list unexpected, mismatched;
+    int64_t loaded;
+} load_state;
+
+/* The checkpoint's key (prefix stripped) into its parameter; get(ctx, &src) reads the
+ * tensor, only when the key names a parameter. */
+static dr_status load_key(dr_model *m, load_state *ls, const char *key,
+                          dr_status (*get)(void *ctx, dr_tensor **src), void *ctx) {
+    int64_t k = index_lookup(m, key);
+    if (k < 0 && strcmp(m->kind, "clip_text") == 0 && strlen(key) < 400) {
+        /* transformers >= 5 saves CLIPTextModel without the text_model. prefix */
+        char full[512];
+        snprintf(full, sizeof full, "text_model.%s", key);
+        k = index_lookup(m, full);
+    }
+    if (k < 0) {
+        if (!ignorable_key(m, key))
+            name_list_add(&ls->unexpected, "%s%s", ls->unexpected.count ? ", " : "", key);
+        return DR_OK;
+    }
+    dr_tensor *src = NULL;
+    DR_TRY(get(ctx, &src));
+    dr_tensor *dst = m->params[k].t;
+    bool same = src->ndim == dst->ndim;
+    for (int32_t d = 0; same && d < dst->ndim; d++) same = src->sizes[d] == dst->sizes[d];
+    ls->seen[k] = true; /* present: not "missing", even when it does not fit */
+    dr_status st = DR_OK;
+    if (!same) {
+        name_list_add(&ls->mismatched, "%s%s: file %s, model %s", ls->mismatched.count ? ", " : "",
+                      key, dr_shape_str(src), dr_shape_str(dst));
+    } else if (!dr_dtype_is_float(src->scalar_type)) {
+        name_list_add(&ls->mismatched, "%s%s: dtype %s is not a float type",
+                      ls->mismatched.count ? ", " : "", key, dr_dtype_name(src->scalar_type));
+    } else {
+        st = dr_tensor_copy_(dst, src);
+        if (st == DR_OK) ls->loaded++;
+    }
+    dr_tensor_release(src);
+    return st;
+}
+
+/* The report of every missing, unexpected and wrong-shape key, when the flags do
+ * not allow them; `source` names the checkpoint. */
+static dr_status load_finish(dr_model *m, load_state *ls, const char *source, int32_t flags) {
+    name_list missing = {0};
+    for (int64_t k = 0; k < m->nparams; k++)
+        if (!ls->seen[k] && !m->params[k].adapter && !m->params[k].optional)
+            name_list_add(&missing, "%s%s", missing.count ? ", " : "", m->params[k].name);
+    bool bad_missing = missing.count && !(flags & DR_LOAD_ALLOW_MISSING);
+    bool bad_unexpected = ls->unexpected.count && !(flags & DR_LOAD_ALLOW_UNEXPECTED);
+    if (!bad_missing && !bad_unexpected && !ls->mismatched.count) return DR_OK;
+    char msg[8192];
+    int len = snprintf(msg, sizeof msg, "%s: checkpoint %s does not fit the model:", m->context, source);
+    if (bad_missing && len < (int)sizeof msg)
+        len += snprintf(msg + len, sizeof msg - (size_t)len, " %lld missing key%s (%s);",
+                        (long long)missing.count, missing.count == 1 ? "" : "s", name_list_str(&missing));
+    if (bad_unexpected && len < (int)sizeof msg)
+        len += snprintf(msg + len, sizeof msg - (size_t)len, " %lld unexpected key%s (%s);",
+                        (long long)ls->unexpected.count, ls->unexpected.count == 1 ? "" : "s",
+                        name_list_str(&ls->unexpected));
+    if (ls->mismatched.count && len < (int)sizeof msg)
+        snprintf(msg + len, sizeof msg - (size_t)len, " %lld wrong shape%s (%s);",
+                 (long long)ls->mismatched.count, ls->mismatched.count == 1 ? "" : "s",
+                 name_list_str(&ls->mismatched));
+    return dr_fail(DR_ERR_IO, "%s", msg);
+}
+
+typedef struct st_get_ctx {
+    dr_safetensors *file;
+    const char *name;
+} st_get_ctx;
+
+static dr_status st_get(void *ctx, dr_tensor **src) {
+    st_get_ctx *c = ctx;
+    return dr_safetensors_get(c->file, c->name, src);
 }
 
 dr_status dr_model_load_safetensors(dr_model *m, const char *const *paths, int32_t npaths,
@@ -277,10 +359,9 @@ dr_status dr_model_load_safetensors(dr_model *m, const char *const *paths, int32
     DR_TRY(dr_model_check(m, NULL, "model_load"));
     if (npaths <= 0 || !paths) return dr_fail(DR_ERR_ARG, "%s: no checkpoint files given", m->context);
     size_t plen = prefix ? strlen(prefix) : 0;
-    bool *seen = calloc((size_t)(m->nparams ? m->nparams : 1), 1);
-    if (!seen) return dr_fail(DR_ERR_OOM, "%s: out of memory", m->context);
-    name_list unexpected = {0}, mismatched = {0}, missing = {0};
-    int64_t loaded = 0;
+    load_state ls = {0};
+    ls.seen = calloc((size_t)(m->nparams ? m->nparams : 1), 1);
+    if (!ls.seen) return dr_fail(DR_ERR_OOM, "%s: out of memory", m->context);
     dr_status st = DR_OK;
     bool g = dr_grad_pause();
     for (int32_t f = 0; f < npaths && st == DR_OK; f++) {
@@ -294,66 +375,58 @@ dr_status dr_model_load_safetensors(dr_model *m, const char *const *paths, int32
                 if (strncmp(key, prefix, plen) != 0) continue;
                 key += plen;
             }
-            int64_t k = index_lookup(m, key);
-            if (k < 0 && strcmp(m->kind, "clip_text") == 0 && strlen(key) < 400) {
-                /* transformers >= 5 saves CLIPTextModel without the text_model. prefix */
-                char full[512];
-                snprintf(full, sizeof full, "text_model.%s", key);
-                k = index_lookup(m, full);
-            }
-            if (k < 0) {
-                if (!ignorable_key(m, key)) name_list_add(&unexpected, "%s%s", unexpected.count ? ", " : "", key);
-                continue;
-            }
-            dr_tensor *src = NULL;
-            st = dr_safetensors_get(file, dr_safetensors_name(file, i), &src);
-            if (st != DR_OK) break;
-            dr_tensor *dst = m->params[k].t;
-            bool same = src->ndim == dst->ndim;
-            for (int32_t d = 0; same && d < dst->ndim; d++) same = src->sizes[d] == dst->sizes[d];
-            seen[k] = true; /* present: not "missing", even when it does not fit */
-            if (!same) {
-                name_list_add(&mismatched, "%s%s: file %s, model %s", mismatched.count ? ", " : "",
-                              key, dr_shape_str(src), dr_shape_str(dst));
-            } else if (!dr_dtype_is_float(src->scalar_type)) {
-                name_list_add(&mismatched, "%s%s: dtype %s is not a float type",
-                              mismatched.count ? ", " : "", key, dr_dtype_name(src->scalar_type));
-            } else {
-                st = dr_tensor_copy_(dst, src);
-                if (st == DR_OK) loaded++;
-            }
-            dr_tensor_release(src);
+            st_get_ctx ctx = {file, dr_safetensors_name(file, i)};
+            st = load_key(m, &ls, key, st_get, &ctx);
         }
         dr_safetensors_close(file);
     }
     dr_grad_resume(g);
     if (st == DR_OK) {
-        for (int64_t k = 0; k < m->nparams; k++)
-            if (!seen[k] && !m->params[k].adapter)
-                name_list_add(&missing, "%s%s", missing.count ? ", " : "", m->params[k].name);
-        bool bad_missing = missing.count && !(flags & DR_LOAD_ALLOW_MISSING);
-        bool bad_unexpected = unexpected.count && !(flags & DR_LOAD_ALLOW_UNEXPECTED);
-        if (bad_missing || bad_unexpected || mismatched.count) {
-            char msg[8192];
-            int len = snprintf(msg, sizeof msg, "%s: checkpoint %s%s does not fit the model:",
-                               m->context, paths[0], npaths > 1 ? " (and more files)" : "");
-            if (bad_missing && len < (int)sizeof msg)
-                len += snprintf(msg + len, sizeof msg - (size_t)len, " %lld missing key%s (%s);",
-                                (long long)missing.count, missing.count == 1 ? "" : "s",
-                                name_list_str(&missing));
-            if (bad_unexpected && len < (int)sizeof msg)
-                len += snprintf(msg + len, sizeof msg - (size_t)len, " %lld unexpected key%s (%s);",
-                                (long long)unexpected.count, unexpected.count == 1 ? "" : "s",
-                                name_list_str(&unexpected));
-            if (mismatched.count && len < (int)sizeof msg)
-                snprintf(msg + len, sizeof msg - (size_t)len, " %lld wrong shape%s (%s);",
-                         (long long)mismatched.count, mismatched.count == 1 ? "" : "s",
-                         name_list_str(&mismatched));
-            st = dr_fail(DR_ERR_IO, "%s", msg);
-        }
+        char source[1100];
+        snprintf(source, sizeof source, "%s%s", paths[0], npaths > 1 ? " (and more files)" : "");
+        st = load_finish(m, &ls, source, flags);
     }
-    free(seen);
-    if (nloaded) *nloaded = loaded;
+    free(ls.seen);
+    if (nloaded) *nloaded = ls.loaded;
+    return st;
+}
+
+static dr_status tensor_get(void *ctx, dr_tensor **src) {
+    dr_tensor *t = ctx;
+    dr_tensor_retain(t);
+    *src = t;
+    return DR_OK;
+}
+
+dr_status dr_model_load_tensors(dr_model *m, const char *const *names, dr_tensor *const *tensors,
+                                int64_t n, const char *source, const char *prefix, int32_t flags,
+                                int64_t *nloaded) {
+    DR_TRY(dr_model_check(m, NULL, "model_load_tensors"));
+    if (n < 0 || (n > 0 && (!names || !tensors)))
+        return dr_fail(DR_ERR_ARG, "%s: model_load_tensors: names and tensors are required", m->context);
+    for (int64_t i = 0; i < n; i++) {
+        if (!names[i]) return dr_fail(DR_ERR_ARG, "%s: model_load_tensors: name %lld is NULL", m->context,
+                                      (long long)i + 1);
+        DR_TRY(dr_check_tensor(tensors[i], "model_load_tensors", names[i]));
+    }
+    size_t plen = prefix ? strlen(prefix) : 0;
+    load_state ls = {0};
+    ls.seen = calloc((size_t)(m->nparams ? m->nparams : 1), 1);
+    if (!ls.seen) return dr_fail(DR_ERR_OOM, "%s: out of memory", m->context);
+    dr_status st = DR_OK;
+    bool g = dr_grad_pause();
+    for (int64_t i = 0; i < n && st == DR_OK; i++) {
+        const char *key = names[i];
+        if (plen) {
+            if (strncmp(key, prefix, plen) != 0) continue;
+            key += plen;
+        }
+        st = load_key(m, &ls, key, tensor_get, tensors[i]);
+    }
+    dr_grad_resume(g);
+    if (st == DR_OK) st = load_finish(m, &ls, source && *source ? source : "(tensors)", flags);
+    free(ls.seen);
+    if (nloaded) *nloaded = ls.loaded;
     return st;
 }
 

@@ -33,6 +33,7 @@ typedef struct dr_param {
     int32_t init;       /* dr_init */
     double init_arg;    /* fan_in or std */
     bool adapter;       /* a LoRA parameter (not in the base checkpoint) */
+    bool optional;      /* unused by the forward: a checkpoint may leave it out */
 } dr_param;
 
 struct nn_linear;
@@ -94,6 +95,7 @@ dr_status dr_cfg_require_default(const dr_model *m, const dr_json *cfg, const ch
 dr_status dr_unet_build(dr_model *m, const dr_json *cfg);
 dr_status dr_vae_build(dr_model *m, const dr_json *cfg);
 dr_status dr_clip_text_build(dr_model *m, const dr_json *cfg);
+dr_status dr_imagereward_build(dr_model *m, const dr_json *cfg);  /* imagereward.c */
 
 /* How a forward should checkpoint its blocks (nn_checkpoint's mode): 0 not at
  * all (off, or grad mode off); 1 blocks whose inputs require grad; 2 every

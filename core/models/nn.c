@@ -224,20 +224,32 @@ static dr_status split_heads(const dr_tensor *x, int64_t heads, dr_tensor **out)
     return st;
 }
 
-dr_status nn_heads_attention(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
-                             int64_t heads, int is_causal, double scale, dr_tensor **out) {
+static dr_status heads_attention(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                                 int64_t heads, const dr_tensor *mask, int is_causal, double scale,
+                                 dr_tensor **out) {
     *out = NULL;
     dr_tensor *h[3] = {0}, *o = NULL, *t = NULL;
     const dr_tensor *in[3] = {q, k, v};
     dr_status st = DR_OK;
     for (int i = 0; i < 3 && st == DR_OK; i++) st = split_heads(in[i], heads, &h[i]);
-    if (st == DR_OK) st = dr_scaled_dot_product_attention(h[0], h[1], h[2], NULL, is_causal, scale, &o);
+    if (st == DR_OK) st = dr_scaled_dot_product_attention(h[0], h[1], h[2], mask, is_causal, scale, &o);
     for (int i = 0; i < 3; i++) dr_tensor_release(h[i]);
     if (st == DR_OK) st = dr_tensor_permute(o, (int32_t[]){0, 2, 1, 3}, 4, &t);
     dr_tensor_release(o);
     if (st == DR_OK) st = dr_tensor_reshape(t, (int64_t[]){q->sizes[0], q->sizes[1], q->sizes[2]}, 3, out);
     dr_tensor_release(t);
     return st;
+}
+
+dr_status nn_heads_attention(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                             int64_t heads, int is_causal, double scale, dr_tensor **out) {
+    return heads_attention(q, k, v, heads, NULL, is_causal, scale, out);
+}
+
+dr_status nn_heads_attention_masked(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                                    int64_t heads, const dr_tensor *mask, double scale,
+                                    dr_tensor **out) {
+    return heads_attention(q, k, v, heads, mask, 0, scale, out);
 }
 
 dr_status nn_attention_forward(const nn_attention *a, const dr_tensor *x, const dr_tensor *context,

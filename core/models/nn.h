@@ -88,6 +88,11 @@ dr_status nn_attention_forward(const nn_attention *a, const dr_tensor *x, const 
  * scale <= 0: 1/sqrt(d)), heads merged back -> [B, Lq, h d]. */
 dr_status nn_heads_attention(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
                              int64_t heads, int is_causal, double scale, dr_tensor **out);
+/* The same with an attention mask (sdpa's attn_mask: bool, true = attend, or float,
+ * added to the scores; broadcastable to [B, heads, Lq, Lk]); NULL: none. */
+dr_status nn_heads_attention_masked(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                                    int64_t heads, const dr_tensor *mask, double scale,
+                                    dr_tensor **out);
 
 /* temb_channels 0: no time embedding projection. */
 dr_status nn_resnet_new(dr_model *m, nn_resnet *r, int64_t in, int64_t out, int64_t temb_channels,
