@@ -1,6 +1,5 @@
-/* MPI, compiled in with DIFFRL_MPI=ON. Collectives (all_reduce, all_gather,
- * broadcast with timeouts) land with the distributed work; for now this reports
- * the library so `diffrl --version` and run folders record it. */
+/* The MPI library's name and version, for `diffrl --version` and run folders
+ * (compiled in with DIFFRL_MPI=ON; the collectives are comm_mpi.c). */
 #include <mpi.h>
 
 const char *dr_mpi_version_string(void) {

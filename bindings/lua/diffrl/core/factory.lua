@@ -107,15 +107,46 @@ local function generator_of(opts)
   return g
 end
 
+-- A shard of a generator (g:shard(i, n), issue 9): a draw of [B, ...] gives rows
+-- (i-1)B+1 .. iB of what g gives for [nB, ...], and moves g past that whole draw,
+-- so n ranks with batch B draw exactly the numbers one rank with batch nB draws.
+-- Element k of a draw comes from Philox block offset + k/4 (util/philox.h): when a
+-- shard is a whole number of blocks only its own blocks are computed.
+local Shard = {}
+Shard.__index = Shard
+local function is_shard(g) return getmetatable(g) == Shard end
+
+local function shard_draw(op, fn, sh, n, s, opts)
+  if n == 0 then raise(op .. ': a sharded generator needs a batch dimension (got a 0-d size)') end
+  local g, numel = sh.generator, 1
+  for d = 0, n - 1 do numel = numel * tonumber(s[d]) end
+  local start, dtype, device = g.offset, opt_dtype(opts), opt_device(opts)
+  local t
+  if numel % 4 == 0 then
+    g.offset = start + (sh.index - 1) * (numel / 4)
+    t = take(fn(s, n, dtype, device, g, out_box))
+  else
+    local rows = tonumber(s[0])
+    local full = ffi.new('int64_t[?]', n)
+    for d = 0, n - 1 do full[d] = s[d] end
+    full[0] = rows * sh.count
+    t = take(fn(full, n, dtype, device, g, out_box)):narrow(1, (sh.index - 1) * rows + 1, rows):contiguous()
+  end
+  g.offset = start + math.ceil(numel * sh.count / 4)
+  return t
+end
+
 -- dr.randn(sizes...[, {generator=, dtype=, device=}]): standard normal.
 function M.randn(...)
   local n, s, opts = sizes_from('randn', ...)
+  if opts and is_shard(opts.generator) then return shard_draw('randn', C.dr_randn, opts.generator, n, s, opts) end
   return take(C.dr_randn(s, n, opt_dtype(opts), opt_device(opts), generator_of(opts), out_box))
 end
 
 -- dr.rand(sizes...[, opts]): uniform on [0, 1).
 function M.rand(...)
   local n, s, opts = sizes_from('rand', ...)
+  if opts and is_shard(opts.generator) then return shard_draw('rand', C.dr_rand, opts.generator, n, s, opts) end
   return take(C.dr_rand(s, n, opt_dtype(opts), opt_device(opts), generator_of(opts), out_box))
 end
 
@@ -153,6 +184,19 @@ function Generator.set_state(g, state)
   g.seed = to_seed(state.seed, 'set_state')
   g.offset = to_seed(state.offset, 'set_state')
   return g
+end
+-- g:shard(i, n): draws of shard i of n (see Shard above); g's state is the state.
+function Generator.shard(g, index, count)
+  if type(count) ~= 'number' or count % 1 ~= 0 or count < 1 or type(index) ~= 'number' or index % 1 ~= 0
+     or index < 1 or index > count then
+    raise(('shard: expected shard i of n with 1 <= i <= n, got %s of %s'):format(tostring(index), tostring(count)))
+  end
+  return setmetatable({ generator = g, index = index, count = count }, Shard)
+end
+function Shard:get_state() return self.generator:get_state() end
+function Shard:set_state(state) self.generator:set_state(state); return self end
+Shard.__tostring = function(sh)
+  return ('dr.Generator shard %d of %d of %s'):format(sh.index, sh.count, tostring(sh.generator))
 end
 gen_t = ffi.metatype('dr_generator', {
   __index = Generator,
