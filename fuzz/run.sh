@@ -38,7 +38,7 @@ case "${1:-}" in -h|--help) sed -n '2,11p' "$0"; exit 0 ;; esac
 seconds=${1:-30}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(fuzz_safetensors fuzz_json fuzz_clip_tokenizer fuzz_png fuzz_jpeg)
+[ ${#targets[@]} -eq 0 ] && targets=(fuzz_safetensors fuzz_json fuzz_clip_tokenizer fuzz_png fuzz_jpeg fuzz_tar fuzz_zip fuzz_pickle fuzz_wordpiece)
 check_toolchain || exit 2
 
 build=${DIFFRL_FUZZ_BUILD:-build-fuzz}

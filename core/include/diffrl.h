@@ -37,7 +37,8 @@ typedef enum dr_status {
     DR_ERR_IO = 6,           /* file or format error */
     DR_ERR_UNSUPPORTED = 7,  /* not implemented for this backend/configuration */
     DR_ERR_FREED = 8,        /* tensor data was released with dr_tensor_free */
-    DR_ERR_INTERNAL = 9
+    DR_ERR_INTERNAL = 9,
+    DR_ERR_COMM = 10         /* a collective failed, mismatched or timed out (core/comm) */
 } dr_status;
 
 typedef enum dr_dtype {
@@ -610,6 +611,65 @@ dr_status dr_jpeg_read(const char *path, int32_t channels, int32_t dtype, dr_ten
 dr_status dr_jpeg_decode(const uint8_t *data, size_t size, const char *name, int32_t channels,
                          int32_t dtype, dr_tensor **out);
 
+/* ---- data (issue 11): tar shards, resizing, batch decoding (core/io/tar.c, resize.c, loader.c) */
+/* [section: data] */
+/* dr_tar_open: an index of a webdataset .tar shard from its headers alone (data is
+ *   skipped by seeking): ustar, GNU (long names, base-256 sizes), v7 and pax path /
+ *   size records; regular files only. Members group into samples by webdataset's
+ *   key: "dir/000012.seg.jpg" has key "dir/000012" and extension "seg.jpg";
+ *   consecutive members with one key are one sample. A bad header checksum or a
+ *   member cut short by the end of the file ends the index there without failing:
+ *   dr_tar_problem says what, where (byte) and after which member (NULL when the
+ *   file was whole). The cut member stays in its sample with *present = the bytes
+ *   there (else -1). dr_tar_open_memory indexes bytes in memory (they need not
+ *   outlive the call; offsets refer to them). Strings live until dr_tar_close.
+ * dr_tar_member: member j of sample i: name, extension, data offset and size. */
+typedef struct dr_tar dr_tar;
+dr_status dr_tar_open(const char *path, dr_tar **out);
+dr_status dr_tar_open_memory(const uint8_t *data, size_t size, const char *name, dr_tar **out);
+void dr_tar_close(dr_tar *t);
+int64_t dr_tar_sample_count(const dr_tar *t);
+const char *dr_tar_sample_key(const dr_tar *t, int64_t i);   /* NULL out of range */
+int32_t dr_tar_sample_members(const dr_tar *t, int64_t i);   /* 0 out of range */
+dr_status dr_tar_member(const dr_tar *t, int64_t i, int32_t j, const char **name, const char **ext,
+                        int64_t *offset, int64_t *size, int64_t *present);
+const char *dr_tar_problem(const dr_tar *t);
+/* Pillow's Image.resize(filter) with reducing_gap None on uint8 [C, H, W] images,
+ * bit for bit (antialiased: the kernel widens by the shrink factor). filter uses
+ * Pillow's numbers: 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming.
+ * dr_image_resize: to width x height, uint8. dr_image_resize_crop: torchvision's
+ *   Resize(size) + CenterCrop(size) on a PIL image (shorter side to size, centre
+ *   crop), [C, size, size] as uint8 or float32 (byte / 255, ToTensor). */
+dr_status dr_image_resize(const dr_tensor *image, int32_t width, int32_t height, int32_t filter,
+                          dr_tensor **out);
+dr_status dr_image_resize_crop(const dr_tensor *image, int32_t size, int32_t filter, int32_t dtype,
+                               dr_tensor **out);
+/* A pool of `threads` pthreads (0: none; images then decode in the calling thread
+ * inside dr_image_batch_wait) that decodes, resizes and crops batches of images.
+ * dr_image_batch_submit queues n images: image i is bytes [offsets[i], offsets[i] +
+ *   sizes[i]) of file paths[i] (sizes[i] < 0: the whole file), JPEG or PNG by its
+ *   first bytes, called names[i] in messages (names may be NULL: the paths); each
+ *   becomes RGB [3, size, size] float32 in [0, 1] as dr_image_resize_crop. It
+ *   returns at once; strings are copied.
+ * dr_image_batch_wait: blocks until all are done; *out is [n, 3, size, size] (a new
+ *   reference). Same bytes for any thread count. dr_image_batch_error: NULL when
+ *   image i is fine, else why not (its slot is zero); valid after wait, until free.
+ * dr_image_batch_free drops tasks not started, waits for running ones, frees.
+ * Batches keep their loader alive: free the two in any order. */
+typedef struct dr_image_loader dr_image_loader;
+typedef struct dr_image_batch dr_image_batch;
+dr_status dr_image_loader_create(int32_t threads, dr_image_loader **out);
+void dr_image_loader_free(dr_image_loader *l);
+int32_t dr_image_loader_threads(const dr_image_loader *l);
+dr_status dr_image_batch_submit(dr_image_loader *l, int32_t n, const char *const *paths,
+                                const int64_t *offsets, const int64_t *sizes,
+                                const char *const *names, int32_t size, int32_t filter,
+                                dr_image_batch **out);
+dr_status dr_image_batch_wait(dr_image_batch *b, dr_tensor **out);
+int32_t dr_image_batch_count(const dr_image_batch *b);
+const char *dr_image_batch_error(const dr_image_batch *b, int32_t i);
+void dr_image_batch_free(dr_image_batch *b);
+
 /* ---- models (core/models) -------------------------------------------------- */
 /* [section: models] */
 /* Stable Diffusion's networks, built from their diffusers / transformers
@@ -651,6 +711,11 @@ enum { DR_LOAD_ALLOW_MISSING = 1, DR_LOAD_ALLOW_UNEXPECTED = 2 };
  * number of parameters written. On error parameters may be partly written. */
 dr_status dr_model_load_safetensors(dr_model *m, const char *const *paths, int32_t npaths,
                                     const char *prefix, int32_t flags, int64_t *nloaded);
+/* The same checks and report for n named tensors already in memory (a PyTorch
+ * checkpoint read by dr.torch_load, say); `source` names them in messages. */
+dr_status dr_model_load_tensors(dr_model *m, const char *const *names, dr_tensor *const *tensors,
+                                int64_t n, const char *source, const char *prefix, int32_t flags,
+                                int64_t *nloaded);
 /* Adds LoRA adapters (peft's layout: <module>.lora_A.weight [rank, in], kaiming
  * uniform; <module>.lora_B.weight [out, rank], zeros; output += alpha / rank *
  * B A x) to every attention projection whose name ends in one of `targets`
@@ -678,6 +743,143 @@ dr_status dr_vae_decode(dr_model *m, const dr_tensor *z, dr_tensor **out);
  * clip_skip = k). pooled is always from the last layer. */
 dr_status dr_clip_text_forward(dr_model *m, const dr_tensor *input_ids, int32_t skip,
                                dr_tensor **hidden, dr_tensor **pooled);
+
+/* ---- ImageReward / BLIP (issue 10; core/models/imagereward.c, blip_vit.c, bert.c) */
+/* Model kind "imagereward": the official ImageReward (image-reward 1.5) - BLIP ViT
+ * image encoder, BERT text encoder cross-attending to the image tokens, MLP head -
+ * with parameters named as ImageReward.pt's keys. Its config is one JSON object:
+ * {"text_config": <med_config.json>, "vision_config": {...}, "mlp_widths": [4 ints],
+ *  "embed_dim": 256, "score_mean": .., "score_std": ..}; all but text_config default
+ * to the official model (ViT-L/16 at 224). See imagereward.c.
+ * preprocess: images float [B, 3, H, W] in [0, 1] -> pixel_values [B, 3, S, S]
+ * (S = image_size): resize of the shorter side to S with torch's antialiased
+ * bicubic, centre crop, CLIP normalisation (ImageReward's transform, on floats).
+ * forward: pixel_values, input_ids int64 [B, L] and attention_mask [B, L] (1 =
+ * token, 0 = padding; NULL: all ones) -> scores [B] (standardised ImageReward
+ * scores), image_embeds [B, N + 1, width] (the ViT output), text_features [B,
+ * hidden] (the text [CLS] state); any of the three may be NULL. */
+dr_status dr_imagereward_preprocess(dr_model *m, const dr_tensor *images, dr_tensor **out);
+dr_status dr_imagereward_forward(dr_model *m, const dr_tensor *pixel_values,
+                                 const dr_tensor *input_ids, const dr_tensor *attention_mask,
+                                 dr_tensor **scores, dr_tensor **image_embeds,
+                                 dr_tensor **text_features);
+
+/* ---- io: PyTorch checkpoints, WordPiece (issue 10) --------------------------- */
+/* [section: torch_load] (core/io/torch_load.c, pickle.c, zip.c)
+ * torch.save's zip checkpoints (torch >= 1.6), read safely: stored zip entries
+ * (zip64 too; compressed entries are an error naming the entry), data.pkl through a
+ * restricted unpickler (protocols 2-5) that builds only tensors and plain
+ * containers; any other class or function (os.system's posix.system, a module
+ * object) is DR_ERR_IO naming module.name. Tensors are CPU strided views of their
+ * storages in the file's copy-on-write mapping (no copy; shared storages stay
+ * shared); float64 loads as float32, int16 / int8 as int32, misaligned storages are
+ * copied. The object is flattened: nested dict keys joined with '.', list / tuple
+ * items named by 0-based index; entries in the file's order. Non-tensor leaves
+ * (None, bool, int, float, str, bytes) are entries too, with their kind. */
+typedef struct dr_torch_checkpoint dr_torch_checkpoint;
+typedef enum dr_torch_value_kind {
+    DR_TORCH_TENSOR = 0,
+    DR_TORCH_NONE = 1,
+    DR_TORCH_BOOL = 2,
+    DR_TORCH_INT = 3,
+    DR_TORCH_FLOAT = 4,
+    DR_TORCH_STRING = 5,
+    DR_TORCH_BYTES = 6
+} dr_torch_value_kind;
+dr_status dr_torch_load(const char *path, dr_torch_checkpoint **out);
+int64_t dr_torch_checkpoint_count(const dr_torch_checkpoint *c);
+/* i in [0, count); NULL / -1 out of range. */
+const char *dr_torch_checkpoint_name(const dr_torch_checkpoint *c, int64_t i);
+int32_t dr_torch_checkpoint_kind(const dr_torch_checkpoint *c, int64_t i);
+/* A new reference to the tensor of entry i (DR_ERR_ARG if it is not a tensor). */
+dr_status dr_torch_checkpoint_tensor(const dr_torch_checkpoint *c, int64_t i, dr_tensor **out);
+/* bool and int entries: the value; float: 0. */
+int64_t dr_torch_checkpoint_int(const dr_torch_checkpoint *c, int64_t i);
+/* bool, int and float entries as a double. */
+double dr_torch_checkpoint_number(const dr_torch_checkpoint *c, int64_t i);
+/* str (UTF-8) and bytes entries: the bytes and their count (len may be NULL); else NULL. */
+const char *dr_torch_checkpoint_string(const dr_torch_checkpoint *c, int64_t i, size_t *len);
+/* Tensors taken stay valid after free. */
+void dr_torch_checkpoint_free(dr_torch_checkpoint *c);
+
+/* [section: wordpiece] (core/io/wordpiece.c)
+ * BERT's WordPiece tokenizer with the ids of transformers' BertTokenizer
+ * (bert-base-uncased: tokenizers' BertNormalizer, BertPreTokenizer, WordPiece):
+ * special tokens cut out of the raw text first ([PAD] [UNK] [CLS] [SEP] [MASK] when
+ * the vocabulary has them, plus `added`), then per piece: control characters
+ * dropped and whitespace made ' ', spaces around CJK ideographs, with lowercase the
+ * accents stripped (NFD, marks Mn removed) and lower case; split on whitespace and
+ * punctuation; greedy longest-match-first WordPiece with "##" continuations, a word
+ * of more than 100 characters or with no match is [UNK]. load reads vocab.txt (one
+ * token per line, id = line number - 1); `added` (may be NULL) are nadded extra
+ * special tokens that get the ids after the vocabulary's, in order (BLIP adds
+ * "[DEC]", "[ENC]"). Not thread-safe (scratch buffers inside). */
+typedef struct dr_wordpiece dr_wordpiece;
+dr_status dr_wordpiece_load(const char *vocab_path, int32_t lowercase,
+                            const char *const *added, int32_t nadded, dr_wordpiece **out);
+void dr_wordpiece_free(dr_wordpiece *w);
+/* Encodes text[0..len) (invalid UTF-8 is DR_ERR_ARG naming the byte offset) as
+ * [CLS] tokens [SEP]; max_length >= 2 truncates the tokens to keep the result within
+ * max_length (as truncation=True), <= 0 keeps them all. ids / *n as
+ * dr_clip_tokenizer_encode: *n is the room in, the full length out. */
+dr_status dr_wordpiece_encode(dr_wordpiece *w, const char *text, size_t len, int32_t max_length,
+                              int64_t *ids, int32_t *n);
+int32_t dr_wordpiece_vocab_size(const dr_wordpiece *w);  /* including added tokens */
+int32_t dr_wordpiece_token_id(const dr_wordpiece *w, const char *token);  /* -1: none */
+const char *dr_wordpiece_token(const dr_wordpiece *w, int64_t id);  /* NULL out of range */
+
+/* ---- Collectives (issue 9; core/comm) ------------------------------------------
+ * The ranks of one job as a communicator. dr_comm_world opens the process's world
+ * once (the library owns it until exit): MPI when the process was started by an MPI
+ * launcher (mpirun, srun: OMPI_COMM_WORLD_SIZE, PMI_SIZE or PMIX_RANK set) in a build
+ * with MPI, else one rank ("single"); a Slurm job step of several tasks in a build
+ * without MPI is an error, not n independent runs. CPU tensors travel over MPI, CUDA
+ * tensors over NCCL (dr_comm_enable_nccl, CUDA builds). Every rank must call the same
+ * collectives in the same order with the same shapes and dtypes; the MPI path checks
+ * this (a mismatch fails on every rank, naming both ranks' calls). float16/bfloat16
+ * reduce in float32 on the MPI path; integers reduce exactly (MEAN is floats only).
+ * Every call waits at most the timeout (seconds; dr_comm_set_timeout): then it fails
+ * with DR_ERR_COMM naming the collective, the rank and the timeout, the communicator
+ * is broken (later calls fail at once), and when the process exits every rank is
+ * ended with MPI_Abort, so a dead or stuck rank never hangs the others. */
+typedef struct dr_comm dr_comm;
+typedef enum dr_reduce_op {
+    DR_REDUCE_SUM = 0,
+    DR_REDUCE_MEAN = 1,  /* sum / size; float dtypes only */
+    DR_REDUCE_MAX = 2
+} dr_reduce_op;
+
+dr_status dr_comm_world(double timeout_s, dr_comm **out);
+int dr_comm_rank(const dr_comm *c);
+int dr_comm_size(const dr_comm *c);
+int dr_comm_local_rank(const dr_comm *c);  /* rank among the ranks of this node */
+int dr_comm_local_size(const dr_comm *c);
+const char *dr_comm_backend(const dr_comm *c);  /* "single", "mpi", "mpi+nccl", "nccl" */
+double dr_comm_timeout(const dr_comm *c);
+dr_status dr_comm_set_timeout(dr_comm *c, double timeout_s);  /* > 0 */
+/* In place on every rank: t = op over the ranks' t. */
+dr_status dr_comm_all_reduce(dr_comm *c, dr_tensor *t, int32_t op);
+/* out = the ranks' t concatenated along dim 0 in rank order ([size * n0, ...]; a
+ * 0-d t gives [size]). */
+dr_status dr_comm_all_gather(dr_comm *c, const dr_tensor *t, dr_tensor **out);
+/* t = root's t on every rank. */
+dr_status dr_comm_broadcast(dr_comm *c, dr_tensor *t, int32_t root);
+dr_status dr_comm_barrier(dr_comm *c);
+/* Host doubles (rewards, metrics; exact, no tensor round trip). */
+dr_status dr_comm_all_reduce_f64(dr_comm *c, double *data, int64_t n, int32_t op);
+dr_status dr_comm_all_gather_f64(dr_comm *c, const double *data, int64_t n, double *out);
+/* Bytes of root to every rank: *n is the room in data in, the root's length out
+ * (a longer message is DR_ERR_ARG on the receiver, after the call completed). */
+dr_status dr_comm_broadcast_bytes(dr_comm *c, void *data, int64_t *n, int32_t root);
+/* Marks this rank failed: at exit every rank is ended (MPI_Abort) instead of the
+ * orderly MPI_Finalize that would wait for the others. */
+void dr_comm_mark_failed(dr_comm *c);
+/* Ends every rank now with exit code `code` (MPI_Abort; exit() with one rank). */
+void dr_comm_abort(dr_comm *c, int32_t code);
+/* CUDA builds: an NCCL communicator on CUDA device `device` for CUDA tensors, its
+ * unique id bootstrapped over MPI, or without MPI from torchrun's environment
+ * (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). DR_ERR_UNSUPPORTED elsewhere. */
+dr_status dr_comm_enable_nccl(dr_comm *c, int32_t device);
 
 #ifdef __cplusplus
 }

@@ -21,5 +21,10 @@ M.progress = require 'diffrl.progress'
 M.report = require 'diffrl.report'
 M.pipeline = require 'diffrl.pipeline'
 M.rl = require 'diffrl.rl'
+-- ranks (issue 9): the launcher's environment, the communicator, sharding helpers
+M.dist = require 'diffrl.dist'
+M.comm = require 'diffrl.core.comm'
+-- data (issue 11): image-text sources for the pretraining loss
+M.data = { shards = require 'diffrl.data.shards', folder = require 'diffrl.data.folder' }
 
 return M

@@ -11,7 +11,13 @@ local function no_args(name, args)
   return 2
 end
 
-M.order = { 'run', 'sample', 'report', 'repl', 'test', 'version', 'help' }
+M.order = { 'run', 'launch', 'sample', 'report', 'convert', 'repl', 'test', 'version', 'help' }
+
+M.launch = {
+  summary = 'run a recipe on N ranks with mpirun (data-parallel; under Slurm: srun diffrl run)',
+  usage = require('diffrl.cli.launch').usage,
+  run = function(args) return require('diffrl.cli.launch').run(args) end,
+}
 
 M.run = {
   summary = 'run a recipe or Lua file',
@@ -37,6 +43,12 @@ M.report = {
   summary = 'an HTML page of a run folder: reward curves, sample grids, config',
   usage = require('diffrl.cli.report').usage,
   run = function(args) return require('diffrl.cli.report').run(args) end,
+}
+
+M.convert = {
+  summary = 'a PyTorch checkpoint (.pt, read safely) to safetensors',
+  usage = require('diffrl.cli.convert').usage,
+  run = function(args) return require('diffrl.cli.convert').run(args) end,
 }
 
 M.repl = {

@@ -158,10 +158,7 @@ end
 M.registry = {}
 
 -- Rewards the design names that are not built yet: asking for one says so.
-local planned = {
-  imagereward = 'the ImageReward model is not implemented yet (issue 10); use a reward '
-    .. 'registered with rewards.register or a Lua function',
-}
+local planned = {}
 
 function M.register(name, constructor)
   if type(name) ~= 'string' or not name:match('^[%a_][%w_%.%-]*$') then
@@ -202,9 +199,15 @@ end
 
 M.register('jpeg_compressibility', jpeg.compressibility)
 M.register('jpeg_incompressibility', jpeg.incompressibility)
+-- An HTTP/JSON reward server (lua/diffrl/rewards/server.lua, docs/reward-server.md).
+M.register('reward_server', function(opts) return require('diffrl.rewards.server').new(opts) end)
 
 function M.jpeg_compressibility(opts) return M.get('jpeg_compressibility', opts) end
 function M.jpeg_incompressibility(opts) return M.get('jpeg_incompressibility', opts) end
+
+-- ImageReward (issue 10): rewards.imagereward{ path =, tokenizer =, ... } (imagereward.lua)
+M.register('imagereward', require('diffrl.rewards.imagereward').imagereward)
+function M.imagereward(opts) return M.get('imagereward', opts) end
 
 -- ---- combining -----------------------------------------------------------------
 

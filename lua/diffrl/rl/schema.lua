@@ -14,6 +14,9 @@ return config.schema(config.merge(config.common(), {
     lr = { type = 'number', default = 2e-6, min = 0, doc = 'AdamW learning rate (YAML: learning_rate)' },
     lr_schedule = { type = 'string', default = 'constant', choices = { 'constant', 'cosine' },
                     doc = 'learning-rate schedule (YAML: lr_scheduler, constant | cosineannealing)' },
+    warmup_steps = { type = 'integer', default = 0, min = 0,
+                     doc = "optimizer steps of linear learning-rate warmup from 0 (Adam's first steps move "
+                           .. 'every weight by about lr, whatever its gradient; not in the YAML)' },
     adam_beta1 = { type = 'number', default = 0.9, min = 0, max = 1, doc = 'AdamW beta1 (YAML: adam_*)' },
     adam_beta2 = { type = 'number', default = 0.999, min = 0, max = 1, doc = 'AdamW beta2 (YAML: adam_*)' },
     adam_eps = { type = 'number', default = 1e-8, min = 0, doc = 'AdamW epsilon (YAML: adam_*)' },
@@ -34,6 +37,10 @@ return config.schema(config.merge(config.common(), {
     tracker_buffer = { type = 'integer', default = 16, min = 1, doc = "with advantage = 'per_prompt': rewards kept per prompt" },
     tracker_min_count = { type = 'integer', default = 16, min = 1,
                           doc = "with advantage = 'per_prompt': below this many, use the batch's statistics" },
+    accumulate_timesteps = { type = 'boolean', default = false,
+                             doc = 'one optimizer step per task and inner epoch on the mean loss of all chosen '
+                                   .. "denoising steps (ddpo-pytorch's accumulation over timesteps); false: one "
+                                   .. 'step per denoising step (the official code)' },
     grad_accum = { type = 'integer', default = 1, min = 1,
                    doc = 'micro-batches accumulated per optimizer step (not in the YAML: 1 there)' },
     max_grad_norm = { type = 'number', default = 1.0, min = 0,
@@ -81,6 +88,19 @@ return config.schema(config.merge(config.common(), {
                doc = 'beta, weight of the pretraining diffusion loss L_pre; 0 turns it off (YAML: use_pretrain_dataset; beta is not given in the paper)' },
     data = { type = 'string', optional = true, doc = 'folder of real image-text pairs for L_pre (the paper: LAION aesthetic >= 6)' },
     batch_size = { type = 'integer', min = 1, optional = true, doc = 'images per L_pre step on each rank; unset: sample.batch_size' },
+  },
+  dist = { -- ranks come from the launcher (diffrl launch, mpirun, srun); docs/scaling.md
+    timeout_s = { type = 'number', default = 300, min = 0.001,
+                  doc = 'seconds a rank waits in any collective before every rank ends with an error naming it' },
+    io_timeout_s = { type = 'number', default = 3600, min = 0.001,
+                     doc = 'seconds the other ranks wait while rank 0 evaluates or writes a checkpoint' },
+    bucket_mb = { type = 'number', default = 25, min = 0.001,
+                  doc = 'gradient all-reduce bucket size in MB (float32)' },
+    zero = { type = 'boolean', default = false,
+             doc = "ZeRO-1: each rank keeps AdamW's moments for 1/R of the parameters (same results, less memory)" },
+    backend = { type = 'string', default = 'auto', choices = { 'auto', 'mpi', 'nccl' },
+                doc = "'auto': MPI when launched by an MPI launcher, else one rank; 'mpi': launched or an error; "
+                      .. "'nccl': also NCCL for CUDA tensors" },
   },
   lora = {
     rank = { type = 'integer', default = 0, min = 0, doc = 'LoRA rank on the attention projections; 0 = full UNet fine-tune (the paper)' },

@@ -18,6 +18,11 @@
 -- (heldout_reward/<task>) and heldout/before.png, heldout/after.png.
 -- Every random draw comes from generators whose state the checkpoints keep, so
 -- a resumed run repeats the uninterrupted one bit for bit.
+-- With R ranks (diffrl launch, mpirun, srun; dist.* settings, docs/scaling.md) each
+-- rank draws the global batch's prompts and takes its share, draws its rows of the
+-- global noise (a generator shard), gathers the rewards for the global advantages
+-- and averages gradients, so R ranks x batch B train as 1 rank x batch R*B; rank 0
+-- writes metrics, checkpoints and evaluations, and every rank resumes from them.
 local core = require 'diffrl.core'
 local api = require 'diffrl.core.ffi'
 local optim = require 'diffrl.optim'
@@ -27,6 +32,7 @@ local rundir = require 'diffrl.rundir'
 local progress = require 'diffrl.progress'
 local config = require 'diffrl.config'
 local rl = require 'diffrl.rl.core'
+local dist = require 'diffrl.dist'
 
 local raise = api.raise
 local M = {}
@@ -60,14 +66,14 @@ local Trainer = {}
 Trainer.__index = Trainer
 
 local TASK_FIELDS = { name = true, prompts = true, reward = true, weight = true, heldout = true,
-                      images_per_prompt = true, tracker = true }
+                      images_per_prompt = true, advantage = true, tracker = true }
 
 local function check_task(i, t, cfg)
   if type(t) ~= 'table' then raise(('rl: task %d must be a table {name, prompts, reward}'):format(i)) end
   if type(t.name) ~= 'string' then raise(('rl: task %d needs a name'):format(i)) end
   for k in pairs(t) do
     if not TASK_FIELDS[k] then
-      raise(("rl: task %s: unknown field '%s' (fields: heldout, images_per_prompt, name, prompts, reward, weight)")
+      raise(("rl: task %s: unknown field '%s' (fields: advantage, heldout, images_per_prompt, name, prompts, reward, weight)")
         :format(t.name, tostring(k)))
     end
   end
@@ -85,6 +91,11 @@ local function check_task(i, t, cfg)
   if cfg.sample.batch_size % k ~= 0 then
     raise(('rl: task %s: sample.batch_size = %d is not a multiple of images_per_prompt = %d')
       :format(t.name, cfg.sample.batch_size, k))
+  end
+  local modes = { batch = true, per_prompt = true, group = true }
+  if t.advantage ~= nil and not modes[t.advantage] then
+    raise(("rl: task %s: advantage must be 'batch', 'per_prompt' or 'group', got %s")
+      :format(t.name, tostring(t.advantage)))
   end
   if t.heldout ~= nil then
     if type(t.heldout) ~= 'table' or #t.heldout == 0 then
@@ -113,11 +124,12 @@ end
 -- images_per_prompt}, ... }; opts.pretrain_data (a source of image-text pairs:
 -- next(n) -> images [n, 3, H, W] in [0, 1], captions; state, set_state);
 -- opts.resume (a run folder); opts.config_text.
-function M.new(cfg, opts)
+local function new(cfg, opts, world)
   local tasks = opts.tasks
   if type(tasks) ~= 'table' or #tasks == 0 then raise('rl: at least one task {name, prompts, reward} is needed') end
   for i, t in ipairs(tasks) do check_task(i, t, cfg) end
-  local self = setmetatable({ cfg = cfg, tasks = tasks }, Trainer)
+  local self = setmetatable({ cfg = cfg, tasks = tasks, world = world, rank = world.rank, ranks = world.size,
+                              writer = world.rank == 0 }, Trainer)
   if cfg.pretrain.weight > 0 then
     if opts.pretrain_data then
       self.pretrain_data = check_source('the recipe\'s pretrain_data', opts.pretrain_data)
@@ -130,7 +142,7 @@ function M.new(cfg, opts)
     end
   end
   for _, task in ipairs(tasks) do
-    if cfg.train.advantage == 'per_prompt' then
+    if (task.advantage or cfg.train.advantage) == 'per_prompt' then
       task.tracker = rl.PerPromptTracker.new { buffer_size = cfg.train.tracker_buffer,
                                               min_count = cfg.train.tracker_min_count,
                                               clip = cfg.train.adv_clip_max }
@@ -146,22 +158,43 @@ function M.new(cfg, opts)
   end
   self.opt = optim.AdamW(self.params, { lr = t.lr, betas = { t.adam_beta1, t.adam_beta2 }, eps = t.adam_eps,
                                         weight_decay = t.weight_decay, flat = true })
+  if self.ranks > 1 and cfg.dist.zero then self.opt = dist.zero_adamw(world, self.opt) end -- ZeRO-1
   if t.lr_schedule == 'cosine' then
-    local total = t.iterations * #tasks * t.inner_epochs * t.timestep_count
-    self.schedule = optim.schedules.cosine(t.lr, total, 0, 0)
+    local total = t.iterations * #tasks * t.inner_epochs * (t.accumulate_timesteps and 1 or t.timestep_count)
+    self.schedule = optim.schedules.cosine(t.lr, total, t.warmup_steps, 0)
+  elseif t.warmup_steps > 0 then
+    self.schedule = optim.schedules.warmup(t.lr, t.warmup_steps)
   end
   if t.use_ema then self.ema = optim.EMA(self.params, t.ema_decay) end
   self.gen_sample = core.Generator(cfg.run.seed)
   self.gen_train = core.Generator(cfg.run.seed + 1000003)
   self.step = 0
-  if opts.resume then
-    self.run = rundir.open(opts.resume)
-    self:restore()
-  else
-    self.run = rundir.create(cfg.run.dir, { config_text = opts.config_text or config.serialize(cfg),
-                                             info = { recipe = opts.recipe, tasks = #tasks } })
+  self.run_dir = opts.resume or cfg.run.dir
+  if self.ranks > 1 then -- rank 0 names the folder (a default name holds the time)
+    self.run_dir = world:broadcast_string(self.run_dir, 0)
+    cfg.run.dir = opts.resume and cfg.run.dir or self.run_dir
   end
+  local ok, err = true, nil
+  if self.writer then -- the other ranks only read checkpoints
+    ok, err = pcall(function()
+      if opts.resume then
+        self.run = rundir.open(opts.resume)
+      else
+        self.run = rundir.create(cfg.run.dir, { config_text = opts.config_text or config.serialize(cfg),
+                                                 info = { recipe = opts.recipe, tasks = #tasks, ranks = self.ranks } })
+      end
+    end)
+  end
+  dist.agree(world, ok, err, 'opening the run folder')
+  if opts.resume then self:restore() end
   return self
+end
+
+-- M.new(cfg, opts): see new above; with several ranks an error on one rank ends
+-- them all (dist.guard).
+function M.new(cfg, opts)
+  local world = dist.world(cfg)
+  return dist.guard(world, new, cfg, opts, world)
 end
 
 -- ---- checkpoints -------------------------------------------------------------------
@@ -185,8 +218,13 @@ function Trainer:state()
 end
 
 function Trainer:restore()
-  local step, path = self.run:latest_checkpoint()
-  if not step then raise(('resume: %s has no checkpoint yet'):format(self.run.dir)) end
+  local step, path
+  if self.writer then step, path = self.run:latest_checkpoint() end
+  if self.ranks > 1 then -- rank 0 chooses; every rank loads the same folder
+    path = self.world:broadcast_string(path or '', 0)
+    step = path ~= '' and path or nil
+  end
+  if not step then raise(('resume: %s has no checkpoint yet'):format(self.run_dir)) end
   local st = rundir.load_checkpoint(path)
   core.no_grad(function()
     for _, p in ipairs(self.named) do
@@ -220,7 +258,7 @@ function Trainer:restore()
   end
   if self.pretrain_data and lua.pretrain_data then self.pretrain_data:set_state(lua.pretrain_data) end
   self.step = lua.step
-  self.run:truncate_metrics(self.step)
+  if self.writer then self.run:truncate_metrics(self.step) end
 end
 
 -- ---- one iteration ---------------------------------------------------------------------
@@ -236,34 +274,59 @@ local function rows(traj, r0, n)
   return sub
 end
 
--- One optimizer step on trajectory step j: the PPO loss (over train.grad_accum
+-- With several ranks, after each rank's backward: the gradients averaged over the
+-- ranks (summed when train.loss_reduction = 'sum': the loss sums over the global
+-- batch), the loss likewise, the statistics averaged (in place); returns the
+-- global loss. Every rank then sees the same loss and gradient, so all clip,
+-- step or skip alike and the parameters stay identical.
+function Trainer:reduce_step(loss, stats)
+  local cfg, R = self.cfg, self.ranks
+  local op = cfg.train.loss_reduction == 'sum' and 'sum' or 'mean'
+  dist.all_reduce_grads(self.world, self.opt.flat.grads, op, cfg.dist.bucket_mb)
+  local keys = { 'ratio_mean', 'clipfrac', 'approx_kl', 'kl' }
+  local xs = { loss }
+  for i, k in ipairs(keys) do xs[i + 1] = stats[k] or 0 end
+  local sums = self.world:all_reduce_numbers(xs, 'sum')
+  for i, k in ipairs(keys) do if stats[k] then stats[k] = sums[i + 1] / R end end
+  return op == 'sum' and sums[1] or sums[1] / R
+end
+
+-- One optimizer step on trajectory step j (or on the mean loss of the steps of a
+-- list j, train.accumulate_timesteps): the PPO loss (over train.grad_accum
 -- micro-batches whose gradients add up to the full batch's), clipping, AdamW, EMA.
 -- Returns loss, stats, grad norm; nothing is applied when either is not finite.
-function Trainer:policy_step(traj, j, adv_t, B, weight)
+function Trainer:policy_step(traj, js, adv_t, B, weight)
   local t = self.cfg.train
   local parts = math.min(t.grad_accum, B)
   local loss_sum, stats = 0, { ratio_mean = 0, clipfrac = 0, approx_kl = 0, kl = self.base_unet and 0 or nil }
   self.opt:zero_grad()
-  local r0 = 1
-  for part = 1, parts do
-    local n = math.floor(B * part / parts) - (r0 - 1)
-    local whole = parts == 1
-    local loss, st = rl.trajectory_step_loss {
-      unet = self.pipe.unet, scheduler = self.pipe.scheduler, traj = whole and traj or rows(traj, r0, n),
-      index = j, advantages = whole and adv_t or adv_t:narrow(1, r0, n),
-      clip_range = t.clip_range, reduction = t.loss_reduction,
-      kl = self.base_unet and { base = self.base_unet, weight = t.kl_weight, estimator = t.kl_estimator } or nil,
-    }
-    -- a mean over the batch is the size-weighted mean of the micro-batch means
-    if not whole and t.loss_reduction == 'mean' then loss = loss * (n / B) end
-    if weight ~= 1 then loss = loss * weight end -- the task's weight in joint training
-    local lv = loss:item()
-    loss_sum = loss_sum + lv
-    for k in pairs(stats) do stats[k] = stats[k] + st[k] * n / B end
-    if not finite(lv) then break end
-    loss:backward()
-    r0 = r0 + n
+  if type(js) == 'number' then js = { js } end
+  local nj = #js
+  for _, j in ipairs(js) do
+    if not finite(loss_sum) then break end
+    local r0 = 1
+    for part = 1, parts do
+      local n = math.floor(B * part / parts) - (r0 - 1)
+      local whole = parts == 1
+      local loss, st = rl.trajectory_step_loss {
+        unet = self.pipe.unet, scheduler = self.pipe.scheduler, traj = whole and traj or rows(traj, r0, n),
+        index = j, advantages = whole and adv_t or adv_t:narrow(1, r0, n),
+        clip_range = t.clip_range, reduction = t.loss_reduction,
+        kl = self.base_unet and { base = self.base_unet, weight = t.kl_weight, estimator = t.kl_estimator } or nil,
+      }
+      -- a mean over the batch is the size-weighted mean of the micro-batch means
+      if not whole and t.loss_reduction == 'mean' then loss = loss * (n / B) end
+      if weight ~= 1 then loss = loss * weight end -- the task's weight in joint training
+      if nj > 1 then loss = loss * (1 / nj) end     -- the mean over the accumulated steps
+      local lv = loss:item()
+      loss_sum = loss_sum + lv
+      for k in pairs(stats) do stats[k] = stats[k] + st[k] * n / B / nj end
+      if not finite(lv) then break end
+      loss:backward()
+      r0 = r0 + n
+    end
   end
+  if self.ranks > 1 then loss_sum = self:reduce_step(loss_sum, stats) end
   local gn = 0 / 0
   if finite(loss_sum) then
     gn = optim.clip_grad_norm_(self.params, t.max_grad_norm > 0 and t.max_grad_norm or math.huge)
@@ -292,24 +355,33 @@ function Trainer:train_task(task, metrics)
   local cfg, pipe = self.cfg, self.pipe
   local B = cfg.sample.batch_size
   local k = task.images_per_prompt or cfg.sample.images_per_prompt
-  local prompts, groups = batch_prompts(task.prompts:next(B / k), k)
+  local R = self.ranks
+  local drawn = task.prompts:next(R * B / k) -- the global batch's prompts, on every rank
+  local prompts, groups = batch_prompts(R > 1 and dist.slice(drawn, self.rank, R, 'the prompts') or drawn, k)
   local t0 = now()
   local images, _, traj = pipe:sample {
     prompt = prompts, negative = cfg.sample.negative_prompt or '', steps = cfg.sample.steps,
-    cfg = cfg.sample.guidance, eta = cfg.sample.eta, generator = self.gen_sample,
+    cfg = cfg.sample.guidance, eta = cfg.sample.eta,
+    generator = R > 1 and self.gen_sample:shard(self.rank + 1, R) or self.gen_sample,
     height = cfg.sample.resolution, width = cfg.sample.resolution, keep_trajectory = true,
   }
   local t_sample = now() - t0
   local scores, rinfo = rewards.call(task.reward, images, prompts,
                                      { step = self.step + 1, task = task.name, groups = groups })
   metrics.reward_s = (metrics.reward_s or 0) + (now() - t0 - t_sample)
+  if R > 1 then -- the global batch's rewards and prompts, in rank order (PAPER.md step 3)
+    scores, prompts = self.world:all_gather_numbers(scores), (batch_prompts(drawn, k))
+  end
   local adv, ainfo
   if task.tracker then
     adv, ainfo = task.tracker:update(prompts, scores)
-  elseif cfg.train.advantage == 'group' then -- GRPO: normalise among the images of one prompt
+  elseif (task.advantage or cfg.train.advantage) == 'group' then -- GRPO: normalise among the images of one prompt
     adv, ainfo = rl.group_advantages(scores, prompts, { clip = cfg.train.adv_clip_max })
   else
     adv, ainfo = rl.advantages(scores, { clip = cfg.train.adv_clip_max })
+  end
+  if R > 1 then -- this rank's rows
+    adv, prompts = dist.slice(adv, self.rank, R), traj.prompts
   end
   local t1 = now()
   local stats = { loss = 0, ratio_mean = 0, clipfrac = 0, approx_kl = 0, grad_norm = 0, n = 0, skipped = 0 }
@@ -320,7 +392,8 @@ function Trainer:train_task(task, metrics)
   for _ = 1, cfg.train.inner_epochs do
     local chosen = fraction and rl.choose_timesteps(steps, nil, self.gen_train, { fraction = fraction })
                    or rl.choose_timesteps(steps, k, self.gen_train)
-    for _, j in ipairs(chosen) do
+    -- one optimizer step per chosen denoising step, or one for all of them
+    for _, j in ipairs(cfg.train.accumulate_timesteps and { chosen } or chosen) do
       local lv, st, gn = self:policy_step(traj, j, adv_t, B, task.weight or 1)
       if finite(lv) and finite(gn) then
         stats.loss, stats.grad_norm = stats.loss + lv, stats.grad_norm + gn
@@ -347,7 +420,7 @@ function Trainer:train_task(task, metrics)
   metrics.nonfinite_rewards = (metrics.nonfinite_rewards or 0) + (ainfo.n_nonfinite or 0)
   metrics.sample_s = (metrics.sample_s or 0) + t_sample
   metrics.train_s = (metrics.train_s or 0) + (now() - t1)
-  metrics.images = (metrics.images or 0) + B
+  metrics.images = (metrics.images or 0) + B * R
   return images, prompts, rinfo
 end
 
@@ -356,19 +429,28 @@ end
 function Trainer:pretrain_step(metrics)
   local cfg, pipe = self.cfg, self.pipe
   local n = cfg.pretrain.batch_size or cfg.sample.batch_size
-  local images, captions = self.pretrain_data:next(n)
+  local R, first = self.ranks, self.rank * n + 1
+  -- with R ranks: the global batch's pairs, noise and timesteps, this rank's rows
+  local images, captions = self.pretrain_data:next(n * R)
+  if R > 1 then images, captions = images:narrow(1, first, n), dist.slice(captions, self.rank, R) end
   local latents = pipe:encode(images)
   local cond = pipe:encode_prompt(captions)
-  local noise = core.randn(latents.shape, { generator = self.gen_train })
+  local noise = core.randn(latents.shape, { generator = R > 1 and self.gen_train:shard(self.rank + 1, R)
+                                                        or self.gen_train })
   local T = pipe.scheduler.num_train_timesteps
-  local ts = core.randint(0, T, { n }, { generator = self.gen_train })
+  local ts = core.randint(0, T, { n * R }, { generator = self.gen_train })
+  if R > 1 then ts = ts:narrow(1, first, n) end
   local noisy = rl.add_noise(latents, noise, ts, pipe.scheduler)
   self.opt:zero_grad()
   local pred = pipe.unet:forward(noisy, ts, cond)
   local loss = rl.pretrain_loss(pred, noise, latents, ts, pipe.scheduler) * cfg.pretrain.weight
   local lv, gn = loss:item(), 0 / 0
+  if finite(lv) then loss:backward() end
+  if R > 1 then -- a mean over the global batch: gradients and loss averaged over the ranks
+    dist.all_reduce_grads(self.world, self.opt.flat.grads, 'mean', cfg.dist.bucket_mb)
+    lv = self.world:all_reduce_numbers({ lv }, 'mean')[1]
+  end
   if finite(lv) then
-    loss:backward()
     gn = optim.clip_grad_norm_(self.params, cfg.train.max_grad_norm > 0 and cfg.train.max_grad_norm or math.huge)
   end
   if finite(lv) and finite(gn) then
@@ -390,6 +472,14 @@ local GRID_PER_TASK = 8 -- held-out images per task in heldout/before.png, after
 -- and writes heldout/<label>.png. Returns the logged row, or nil when no task has
 -- held-out prompts.
 function Trainer:evaluate(label)
+  if self.ranks == 1 then return self:evaluate_here(label) end
+  -- rank 0 evaluates (its noise and prompts as one process's) while the others wait
+  local row = self.writer and self:evaluate_here(label) or nil
+  dist.wait(self.world, self.cfg.dist.io_timeout_s, 'the held-out evaluation on rank 0')
+  return row
+end
+
+function Trainer:evaluate_here(label)
   local cfg, pipe = self.cfg, self.pipe
   local row, grid, grid_prompts = { step = self.step }, {}, {}
   local t0 = now()
@@ -451,9 +541,9 @@ function Trainer:iteration()
   metrics.lr = self.opt.lr
   metrics.time_s = now() - t0
   metrics.images_per_s = metrics.images / metrics.time_s
-  self.run:log(metrics)
+  if self.writer then self.run:log(metrics) end
   local every = self.cfg.checkpoint.every
-  if self.cfg.log and self.cfg.log.grid_every and self.step % self.cfg.log.grid_every == 0 then
+  if self.writer and self.cfg.log and self.cfg.log.grid_every and self.step % self.cfg.log.grid_every == 0 then
     self.run:save_grid(self.step, first_images, first_prompts)
   end
   local eval_every = self.cfg.eval.every
@@ -461,7 +551,9 @@ function Trainer:iteration()
     self:evaluate('after')
   end
   if self.step % every == 0 or self.step == self.cfg.train.iterations then
-    self.run:save_checkpoint(self.step, self:state())
+    if self.opt.gather_state then self.opt:gather_state() end -- ZeRO-1: every rank's slice
+    if self.writer then self.run:save_checkpoint(self.step, self:state()) end
+    if self.ranks > 1 then dist.wait(self.world, self.cfg.dist.io_timeout_s, 'the checkpoint of rank 0') end
   end
   return metrics
 end
@@ -518,19 +610,23 @@ function M.summary_text(rows)
 end
 
 -- Runs until train.iterations; returns the last metrics.
-function Trainer:train()
+local function train(self)
   local total = self.cfg.train.iterations
   if self.step == 0 then self:evaluate('before') end -- the baseline, on held-out prompts
-  local bar = progress.bar { total = total, label = 'iteration', initial = self.step }
+  local quiet = { update = function() end, finish = function() end } -- ranks other than 0
+  local bar = self.writer and progress.bar { total = total, label = 'iteration', initial = self.step } or quiet
   local last
   while self.step < total do
     last = self:iteration()
     bar:update(self.step, ('reward %.4g'):format(last.reward_mean))
   end
   bar:finish()
-  io.write(M.summary_text(self:summary()), '\n')
+  if self.writer then io.write(M.summary_text(self:summary()), '\n') end
   return last
 end
+
+-- With several ranks an error on one ends them all (dist.guard), none waits.
+function Trainer:train() return dist.guard(self.world, train, self) end
 
 M.Trainer = Trainer
 return M

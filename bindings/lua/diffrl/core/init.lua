@@ -25,7 +25,11 @@ for k, v in pairs(require 'diffrl.core.io') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.tokenizer') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.image') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.jpeg') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.data') do M[k] = v end -- data (issue 11)
+for k, v in pairs(require 'diffrl.core.torch_load') do M[k] = v end
+for k, v in pairs(require 'diffrl.core.wordpiece') do M[k] = v end
 for _, k in ipairs { 'Model', 'load_model', 'is_model' } do M[k] = require('diffrl.core.models')[k] end
+M.load_imagereward = require('diffrl.core.reward_models').load_imagereward -- issue 10
 
 -- dtypes as torch spells them: dr.float32 == 'float32'
 for code = 0, #dtypes.names do M[dtypes.names[code]] = dtypes.names[code] end
