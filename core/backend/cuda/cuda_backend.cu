@@ -55,7 +55,13 @@ extern "C" const char *dr_cudnn_version_string(void) {
 extern "C" const char *dr_nccl_version_string(void) {
 #ifdef NCCL_MAJOR
     static char buf[64];
-    std::snprintf(buf, sizeof buf, "%d.%d.%d (headers; not linked yet)", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH);
+#ifdef DIFFRL_WITH_NCCL
+    std::snprintf(buf, sizeof buf, "%d.%d.%d (linked; collectives in core/comm)", NCCL_MAJOR, NCCL_MINOR,
+                  NCCL_PATCH);
+#else
+    std::snprintf(buf, sizeof buf, "%d.%d.%d (headers only; libnccl not found)", NCCL_MAJOR, NCCL_MINOR,
+                  NCCL_PATCH);
+#endif
     return buf;
 #else
     return "none";
