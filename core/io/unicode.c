@@ -17,7 +17,7 @@ enum {
     S_COUNT = L_COUNT * N_COUNT
 };
 
-static bool in_ranges(const dr_uc_range *r, size_t n, uint32_t cp) {
+bool dr_uc_in_ranges(const dr_uc_range *r, size_t n, uint32_t cp) {
     size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -30,17 +30,17 @@ static bool in_ranges(const dr_uc_range *r, size_t n, uint32_t cp) {
 
 bool dr_uc_is_letter(uint32_t cp) {
     if (cp < 0x80) return (cp | 0x20) >= 'a' && (cp | 0x20) <= 'z';
-    return in_ranges(dr_uc_letters, dr_uc_letters_len, cp);
+    return dr_uc_in_ranges(dr_uc_letters, dr_uc_letters_len, cp);
 }
 
 bool dr_uc_is_number(uint32_t cp) {
     if (cp < 0x80) return cp >= '0' && cp <= '9';
-    return in_ranges(dr_uc_numbers, dr_uc_numbers_len, cp);
+    return dr_uc_in_ranges(dr_uc_numbers, dr_uc_numbers_len, cp);
 }
 
 bool dr_uc_is_space(uint32_t cp) {
     if (cp < 0x80) return cp == ' ' || (cp >= 9 && cp <= 13);
-    return in_ranges(dr_uc_spaces, dr_uc_spaces_len, cp);
+    return dr_uc_in_ranges(dr_uc_spaces, dr_uc_spaces_len, cp);
 }
 
 int dr_uc_to_lower(uint32_t cp, uint32_t out[2]) {

@@ -57,6 +57,8 @@ bool dr_uc_nfc(const uint32_t *in, size_t n, dr_uc_buf *out);
 /* Decodes one UTF-8 sequence at s[0..n) (n >= 1): returns its length and writes the
  * code point, or 0 when it is not well-formed (overlong, surrogate, > U+10FFFF,
  * truncated). */
+/* Whether cp lies in one of the n sorted, disjoint ranges r. */
+bool dr_uc_in_ranges(const dr_uc_range *r, size_t n, uint32_t cp);
 size_t dr_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp);
 /* Writes cp as UTF-8 to out (4 bytes of room); returns the length. */
 size_t dr_utf8_encode(uint32_t cp, unsigned char *out);

@@ -54,16 +54,6 @@ struct dr_wordpiece {
     int64_t nids, ids_cap;
 };
 
-static bool in_ranges(const dr_uc_range *r, size_t n, uint32_t cp) {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (cp < r[mid].first) hi = mid;
-        else if (cp > r[mid].last) lo = mid + 1;
-        else return true;
-    }
-    return false;
-}
 
 static bool is_cjk(uint32_t c) {
     return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) ||
@@ -286,8 +276,8 @@ static bool normalize(dr_wordpiece *w) {
     w->nfd.n = 0;
     for (size_t i = 0; i < w->cps.n; i++) {
         uint32_t c = w->cps.v[i];
-        if (in_ranges(dr_wp_control, dr_wp_control_len, c)) continue;
-        if (in_ranges(dr_wp_space, dr_wp_space_len, c)) c = ' ';
+        if (dr_uc_in_ranges(dr_wp_control, dr_wp_control_len, c)) continue;
+        if (dr_uc_in_ranges(dr_wp_space, dr_wp_space_len, c)) c = ' ';
         bool cjk = is_cjk(c);
         if (cjk && !push_cp(&w->nfd, ' ')) return false;
         if (!(w->lowercase ? decompose(&w->nfd, c) : push_cp(&w->nfd, c))) return false;
@@ -309,7 +299,7 @@ static bool normalize(dr_wordpiece *w) {
     }
     if (!dr_uc_reserve(&w->norm, 2 * m)) return false;
     for (size_t i = 0; i < m; i++) {
-        if (in_ranges(dr_wp_mark, dr_wp_mark_len, d[i])) continue;
+        if (dr_uc_in_ranges(dr_wp_mark, dr_wp_mark_len, d[i])) continue;
         uint32_t low[2];
         int n = dr_uc_to_lower(d[i], low);
         for (int k = 0; k < n; k++) w->norm.v[w->norm.n++] = low[k];
@@ -362,8 +352,8 @@ static bool encode_piece(dr_wordpiece *w) {
     const uint32_t *v = w->norm.v;
     size_t n = w->norm.n, start = 0;
     for (size_t i = 0; i <= n; i++) {
-        bool space = i < n && (v[i] == ' ' || in_ranges(dr_wp_space, dr_wp_space_len, v[i]));
-        bool punct = i < n && !space && in_ranges(dr_wp_punct, dr_wp_punct_len, v[i]);
+        bool space = i < n && (v[i] == ' ' || dr_uc_in_ranges(dr_wp_space, dr_wp_space_len, v[i]));
+        bool punct = i < n && !space && dr_uc_in_ranges(dr_wp_punct, dr_wp_punct_len, v[i]);
         if (i < n && !space && !punct) continue;
         if (i > start && !wordpiece(w, start, i)) return false;
         if (punct && !wordpiece(w, i, i + 1)) return false;

@@ -77,13 +77,14 @@ end
 
 local PADDING = { max_length = true, longest = true }
 
-function Tokenizer.encode(t, texts, opts)
-  local h = handle(t, 'encode')
+-- encode()'s arguments checked: texts (a list), max_length, padding, truncation.
+-- Shared with the WordPiece tokenizer (wordpiece.lua).
+function M.encode_options(texts, opts, default_max_length)
   if type(texts) == 'string' then texts = { texts }
   elseif type(texts) ~= 'table' then
     raise('encode: expected a string or a list of strings, got ' .. type(texts))
   end
-  local max_length, padding, truncation = t.model_max_length, 'max_length', true
+  local max_length, padding, truncation = default_max_length, 'max_length', true
   if opts ~= nil then
     if type(opts) ~= 'table' then raise('encode: options must be a table, got ' .. type(opts)) end
     for k in pairs(opts) do
@@ -104,8 +105,15 @@ function Tokenizer.encode(t, texts, opts)
   if type(truncation) ~= 'boolean' then
     raise('encode: truncation must be a boolean, got ' .. tostring(truncation))
   end
+  if #texts == 0 then raise('encode: the list of texts is empty') end
+  return texts, max_length, padding, truncation
+end
+
+function Tokenizer.encode(t, texts, opts)
+  local h = handle(t, 'encode')
+  local max_length, padding, truncation
+  texts, max_length, padding, truncation = M.encode_options(texts, opts, t.model_max_length)
   local b = #texts
-  if b == 0 then raise('encode: the list of texts is empty') end
   local starts, lens = {}, {}
   local buf, cap, at = ensure(b * max_length), scratch_cap, 0
   local longest = 0

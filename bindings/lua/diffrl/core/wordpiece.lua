@@ -66,37 +66,13 @@ function Tokenizer.ids(t, text)
   return out
 end
 
-local PADDING = { max_length = true, longest = true }
+local encode_options = require('diffrl.core.tokenizer').encode_options
 
 function Tokenizer.encode(t, texts, opts)
   local h = handle(t, 'encode')
-  if type(texts) == 'string' then texts = { texts }
-  elseif type(texts) ~= 'table' then
-    raise('encode: expected a string or a list of strings, got ' .. type(texts))
-  end
-  local max_length, padding, truncation = t.model_max_length, 'max_length', true
-  if opts ~= nil then
-    if type(opts) ~= 'table' then raise('encode: options must be a table, got ' .. type(opts)) end
-    for k in pairs(opts) do
-      if k ~= 'max_length' and k ~= 'padding' and k ~= 'truncation' then
-        raise(("encode: unknown option '%s' (options: max_length, padding, truncation)"):format(tostring(k)))
-      end
-    end
-    if opts.max_length ~= nil then max_length = opts.max_length end
-    if opts.padding ~= nil then padding = opts.padding end
-    if opts.truncation ~= nil then truncation = opts.truncation end
-  end
-  if type(max_length) ~= 'number' or max_length % 1 ~= 0 or max_length < 2 or max_length > 2 ^ 31 - 1 then
-    raise('encode: max_length must be an integer >= 2, got ' .. tostring(max_length))
-  end
-  if padding ~= false and not PADDING[padding] then
-    raise(("encode: padding must be 'max_length', 'longest' or false, got %s"):format(tostring(padding)))
-  end
-  if type(truncation) ~= 'boolean' then
-    raise('encode: truncation must be a boolean, got ' .. tostring(truncation))
-  end
+  local max_length, padding, truncation
+  texts, max_length, padding, truncation = encode_options(texts, opts, t.model_max_length)
   local b = #texts
-  if b == 0 then raise('encode: the list of texts is empty') end
   local cap = b * max_length
   local buf, at, starts, lens, longest = ffi.new('int64_t[?]', cap), 0, {}, {}, 0
   for i = 1, b do
