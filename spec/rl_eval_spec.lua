@@ -128,6 +128,30 @@ describe('rl trainer: held-out evaluation and groups', function()
     assert.is_truthy(tostring(err):find("unknown field 'held_out'", 1, true), err)
   end)
 
+  it('reads pretrain.data from webdataset shards, skipping a damaged sample and going on', function()
+    local dir = temp_dir()
+    local list = { SRC .. '/spec/fixtures/data/shard-000.tar', SRC .. '/spec/fixtures/data/damaged.tar' }
+    local cfg = cfg_for(dir, { train = { iterations = 3 }, pretrain = { weight = 0.5, batch_size = 4 } })
+    cfg.pretrain.data = nil
+    local src = require('diffrl.data.shards').open(list, { resolution = 16, seed = 0, log = function() end })
+    local tr = dr.rl.trainer.new(cfg, { tasks = { {
+      name = 'bright', prompts = dr.prompts.list { 'a', 'b', shuffle = false }, reward = recording_reward({}),
+    } }, pretrain_data = src })
+    local m = tr:train()
+    assert.is_true(m.pretrain_loss > 0 and m.pretrain_loss < math.huge)
+    assert.is_true(src.stats.skipped >= 1, 'the damaged shard was read')
+    os.execute('rm -rf ' .. dir)
+    -- and through the config: pretrain.data names the shards
+    local dir2 = temp_dir()
+    local cfg2 = cfg_for(dir2, { train = { iterations = 1 }, pretrain = { weight = 0.5, batch_size = 2,
+                                                                            data = SRC .. '/spec/fixtures/data' } })
+    local tr2 = dr.rl.trainer.new(cfg2, { tasks = { {
+      name = 'bright', prompts = dr.prompts.list { 'a', shuffle = false }, reward = recording_reward({}),
+    } } })
+    assert.is_true(tr2:train().pretrain_loss > 0)
+    os.execute('rm -rf ' .. dir2)
+  end)
+
   it('takes the pretraining pairs from the recipe and resumes eval.jsonl exactly', function()
     local a, b = temp_dir(), temp_dir()
     local function pairs_source()

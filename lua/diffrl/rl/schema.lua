@@ -86,7 +86,10 @@ return config.schema(config.merge(config.common(), {
   pretrain = {
     weight = { type = 'number', default = 0, min = 0,
                doc = 'beta, weight of the pretraining diffusion loss L_pre; 0 turns it off (YAML: use_pretrain_dataset; beta is not given in the paper)' },
-    data = { type = 'string', optional = true, doc = 'folder of real image-text pairs for L_pre (the paper: LAION aesthetic >= 6)' },
+    data = { type = 'string', optional = true,
+             doc = 'real image-text pairs for L_pre: webdataset .tar shards (a folder, a list, or a pattern like '
+                   .. 'data/{00000..00099}.tar) or a folder of NAME.jpg/png + NAME.txt (the paper: LAION aesthetic >= 6); '
+                   .. 'resized and centre-cropped to sample.resolution' },
     batch_size = { type = 'integer', min = 1, optional = true, doc = 'images per L_pre step on each rank; unset: sample.batch_size' },
   },
   dist = { -- ranks come from the launcher (diffrl launch, mpirun, srun); docs/scaling.md

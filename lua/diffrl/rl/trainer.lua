@@ -11,8 +11,8 @@
 --      the PPO-clipped loss on that step's recomputed log-probability, backward,
 --      gradient clipping, one optimizer step (skipped when not finite);
 -- then 5., one step of the ordinary diffusion loss on real image-text pairs
--- (pretrain.weight > 0; pretrain.data a folder (diffrl.data.folder) or the
--- recipe's own source, opts.pretrain_data).
+-- (pretrain.weight > 0; pretrain.data: webdataset .tar shards or a folder of
+-- pairs (diffrl.data.shards), or the recipe's own source, opts.pretrain_data).
 -- Tasks with held-out prompts (task.heldout) are evaluated before training, every
 -- eval.every iterations and at the end, with the same noise each time: eval.jsonl
 -- (heldout_reward/<task>) and heldout/before.png, heldout/after.png.
@@ -134,11 +134,14 @@ local function new(cfg, opts, world)
     if opts.pretrain_data then
       self.pretrain_data = check_source('the recipe\'s pretrain_data', opts.pretrain_data)
     elseif cfg.pretrain.data then
-      self.pretrain_data = require('diffrl.data.folder').open(cfg.pretrain.data,
+      -- every rank reads the global batch and keeps its rows (pretrain_step), so R
+      -- ranks see the pairs one rank would: the source is not split by rank
+      self.pretrain_data = require('diffrl.data.shards').open(cfg.pretrain.data,
         { resolution = cfg.sample.resolution, seed = cfg.run.seed })
     else
-      raise('rl: pretrain.weight > 0 needs pretrain.data, a folder of image-text pairs ' ..
-            '(NAME.png/.jpg + NAME.txt), or a recipe that supplies pretrain_data; or set pretrain.weight = 0')
+      raise('rl: pretrain.weight > 0 needs pretrain.data (webdataset .tar shards, a pattern like ' ..
+            'data/{00000..00099}.tar, or a folder of NAME.png/.jpg + NAME.txt), or a recipe that supplies ' ..
+            'pretrain_data; or set pretrain.weight = 0')
     end
   end
   for _, task in ipairs(tasks) do
