@@ -636,8 +636,52 @@ local function parse_template(op, tpl, words, used)
   return parts
 end
 
-local Templates = {}
-Templates.__index = Templates
+-- ---- generated sources: prompt i is a function of (seed, i) alone --------------------
+-- M.generated_class(kind, what) gives a class whose objects need only op, name,
+-- fingerprint, seed, count (0) and a method _prompt(i); it supplies next, size, state
+-- and set_state (`what` names the settings the fingerprint covers, for errors).
+-- Templates use it; so does diffrl.shapes' prompt source.
+local Generated = {}
+
+function Generated:next(n)
+  check_count(self.op, n)
+  local out = {}
+  for k = 1, n do
+    out[k] = self:_prompt(self.count)
+    self.count = self.count + 1
+  end
+  return out
+end
+
+function Generated:size() return nil end
+
+function Generated:state()
+  return { kind = self.kind, name = self.name, fingerprint = self.fingerprint, seed = self.seed,
+           count = self.count }
+end
+
+function Generated:set_state(st)
+  if type(st) ~= 'table' then raise(self.op .. ': set_state: expected a table, got ' .. type(st)) end
+  state_field(self.op, st, 'kind', self.kind)
+  if st.fingerprint ~= self.fingerprint then
+    raise(('%s: set_state: the state is for other %s (fingerprint %s, this source %s)'):format(self.op,
+      self.fingerprint_what, tostring(st.fingerprint), self.fingerprint))
+  end
+  state_field(self.op, st, 'seed', self.seed)
+  if type(st.count) ~= 'number' or st.count % 1 ~= 0 or st.count < 0 then
+    raise(self.op .. ': set_state: bad count ' .. tostring(st.count))
+  end
+  self.count = st.count
+end
+
+function M.generated_class(kind, what)
+  local class = { kind = kind, fingerprint_what = what }
+  for k, f in pairs(Generated) do class[k] = f end
+  class.__index = class
+  return class
+end
+
+local Templates = M.generated_class('templates', 'templates or words')
 
 function M.templates(t)
   local op = 'prompts.templates'
@@ -715,37 +759,6 @@ function Templates:_prompt(i)
     end
   end
   return table.concat(out)
-end
-
-function Templates:next(n)
-  check_count(self.op, n)
-  local out = {}
-  for k = 1, n do
-    out[k] = self:_prompt(self.count)
-    self.count = self.count + 1
-  end
-  return out
-end
-
-function Templates:size() return nil end
-
-function Templates:state()
-  return { kind = 'templates', name = self.name, fingerprint = self.fingerprint, seed = self.seed,
-           count = self.count }
-end
-
-function Templates:set_state(st)
-  if type(st) ~= 'table' then raise(self.op .. ': set_state: expected a table, got ' .. type(st)) end
-  state_field(self.op, st, 'kind', 'templates')
-  if st.fingerprint ~= self.fingerprint then
-    raise(('%s: set_state: the state is for other templates or words (fingerprint %s, this '
-      .. 'source %s)'):format(self.op, tostring(st.fingerprint), self.fingerprint))
-  end
-  state_field(self.op, st, 'seed', self.seed)
-  if type(st.count) ~= 'number' or st.count % 1 ~= 0 or st.count < 0 then
-    raise(self.op .. ': set_state: bad count ' .. tostring(st.count))
-  end
-  self.count = st.count
 end
 
 -- Hash helpers, exposed for specs and for sources built elsewhere.

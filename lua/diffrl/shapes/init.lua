@@ -120,8 +120,8 @@ end
 
 -- ---- prompt sources ------------------------------------------------------------------
 
-local Source = {}
-Source.__index = Source
+-- next, size, state and set_state come from diffrl.prompts' generated sources
+local Source = prompts.generated_class('shapes', 'options')
 
 local PROMPT_OPTIONS = { seed = true, max_objects = true, kinds = true, colors = true, open_color = true,
                          split = true, holdout = true, name = true }
@@ -154,44 +154,6 @@ end
 function Source:_prompt(i)
   local _, text = draw(self.op, self.seed, i, self.so, self.split, self.holdout, self.open)
   return text
-end
-
-function Source:next(n)
-  if type(n) ~= 'number' or n % 1 ~= 0 or n < 0 then
-    raise(('%s: next(n) needs an integer n >= 0, got %s'):format(self.op, tostring(n)))
-  end
-  local out = {}
-  for k = 1, n do
-    out[k] = self:_prompt(self.count)
-    self.count = self.count + 1
-  end
-  return out
-end
-
-function Source:size() return nil end
-
-function Source:state()
-  return { kind = 'shapes', name = self.name, fingerprint = self.fingerprint, seed = self.seed,
-           count = self.count }
-end
-
-function Source:set_state(st)
-  if type(st) ~= 'table' then raise(self.op .. ': set_state: expected a table, got ' .. type(st)) end
-  if st.kind ~= 'shapes' then
-    raise(("%s: set_state: the state is of a '%s' source, not 'shapes'"):format(self.op, tostring(st.kind)))
-  end
-  if st.fingerprint ~= self.fingerprint then
-    raise(('%s: set_state: the state is for other options (%s), this source has %s'):format(self.op,
-      tostring(st.fingerprint), self.fingerprint))
-  end
-  if st.seed ~= self.seed then
-    raise(('%s: set_state: the state has seed = %s, this source has %s'):format(self.op, tostring(st.seed),
-      tostring(self.seed)))
-  end
-  if type(st.count) ~= 'number' or st.count % 1 ~= 0 or st.count < 0 then
-    raise(self.op .. ': set_state: bad count ' .. tostring(st.count))
-  end
-  self.count = st.count
 end
 
 local HELDOUT_OPTIONS = { max_objects = true, kinds = true, colors = true, open_color = true, holdout = true }

@@ -52,12 +52,14 @@ local function ensure(n)
   return scratch
 end
 
--- Encodes one text into `buf` from `at` (growing it); returns buf and the length.
-local function encode_one(h, op, text, max_length, buf, buf_cap, at)
+-- Encodes one text with the C encoder enc(h, text, len, max_length, out, n_inout)
+-- into `buf` from `at` (growing it); returns buf, its capacity and the length.
+-- Shared with the WordPiece tokenizer (wordpiece.lua).
+local function encode_one(enc, h, op, text, max_length, buf, buf_cap, at)
   if type(text) ~= 'string' then raise(('%s: expected a string, got %s'):format(op, type(text))) end
   while true do
     n_box[0] = buf_cap - at
-    check(C.dr_clip_tokenizer_encode(h, text, #text, max_length, 0, buf + at, n_box))
+    check(enc(h, text, #text, max_length, buf + at, n_box))
     local n = n_box[0]
     if at + n <= buf_cap then return buf, buf_cap, n end
     local bigger = ffi.new('int64_t[?]', 2 * (at + n))
@@ -65,11 +67,16 @@ local function encode_one(h, op, text, max_length, buf, buf_cap, at)
     buf, buf_cap = bigger, 2 * (at + n)
   end
 end
+M.encode_one = encode_one
+
+local function clip_encode(h, text, len, max_length, out, n)
+  return C.dr_clip_tokenizer_encode(h, text, len, max_length, 0, out, n)
+end
 
 -- Ids of one text, bos ... eos, without truncation or padding (a Lua table).
 function Tokenizer.ids(t, text)
   local h = handle(t, 'ids')
-  local buf, cap, n = encode_one(h, 'ids', text, 0, ensure(256), scratch_cap, 0)
+  local buf, cap, n = encode_one(clip_encode, h, 'ids', text, 0, ensure(256), scratch_cap, 0)
   local out = {}
   for i = 0, n - 1 do out[i + 1] = tonumber(buf[i]) end
   return out
@@ -109,17 +116,19 @@ function M.encode_options(texts, opts, default_max_length)
   return texts, max_length, padding, truncation
 end
 
-function Tokenizer.encode(t, texts, opts)
-  local h = handle(t, 'encode')
+-- A batch encoded by enc (see encode_one) under encode()'s options: the ids of text
+-- i are buf[starts[i] .. starts[i] + lens[i]), rows `width` wide once padded.
+-- alloc(n) -> buf, capacity gives the first buffer. Shared with wordpiece.lua.
+function M.encode_batch(enc, h, texts, opts, default_max_length, alloc)
   local max_length, padding, truncation
-  texts, max_length, padding, truncation = M.encode_options(texts, opts, t.model_max_length)
+  texts, max_length, padding, truncation = M.encode_options(texts, opts, default_max_length)
   local b = #texts
   local starts, lens = {}, {}
-  local buf, cap, at = ensure(b * max_length), scratch_cap, 0
-  local longest = 0
+  local buf, cap = alloc(b * max_length)
+  local at, longest = 0, 0
   for i = 1, b do
     local n
-    buf, cap, n = encode_one(h, 'encode', texts[i], truncation and max_length or 0, buf, cap, at)
+    buf, cap, n = encode_one(enc, h, 'encode', texts[i], truncation and max_length or 0, buf, cap, at)
     if not truncation and padding == 'max_length' and n > max_length then
       raise(('encode: text %d has %d tokens, more than max_length %d (truncation is off)')
         :format(i, n, max_length))
@@ -127,7 +136,6 @@ function Tokenizer.encode(t, texts, opts)
     starts[i], lens[i], at = at, n, at + n
     if n > longest then longest = n end
   end
-  scratch, scratch_cap = buf, cap
   local width = padding == 'max_length' and max_length or longest
   if padding == false then
     for i = 2, b do
@@ -137,6 +145,17 @@ function Tokenizer.encode(t, texts, opts)
       end
     end
   end
+  return buf, cap, starts, lens, width
+end
+
+local function scratch_alloc(n) return ensure(n), scratch_cap end
+
+function Tokenizer.encode(t, texts, opts)
+  local h = handle(t, 'encode')
+  local buf, cap, starts, lens, width = M.encode_batch(clip_encode, h, texts, opts, t.model_max_length,
+                                                      scratch_alloc)
+  scratch, scratch_cap = buf, cap
+  local b = #lens
   local pad = t.pad_id
   local out = F.empty(b, width, { dtype = 'int64' })
   local p = ffi.cast('int64_t *', C.dr_tensor_data(out.ptr))

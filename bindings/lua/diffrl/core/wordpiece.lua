@@ -23,7 +23,6 @@ local C, raise = api.C, api.raise
 local M = {}
 
 local tok_box = ffi.new('dr_wordpiece*[1]')
-local n_box = ffi.new('int32_t[1]')
 
 local function check(status)
   if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
@@ -43,57 +42,23 @@ local function handle(t, op)
   return h
 end
 
--- Encodes one text into buf[at..]; grows buf; returns buf, its capacity, the length.
-local function encode_one(h, op, text, max_length, buf, cap, at)
-  if type(text) ~= 'string' then raise(('%s: expected a string, got %s'):format(op, type(text))) end
-  while true do
-    n_box[0] = cap - at
-    check(C.dr_wordpiece_encode(h, text, #text, max_length, buf + at, n_box))
-    local n = n_box[0]
-    if at + n <= cap then return buf, cap, n end
-    local bigger = ffi.new('int64_t[?]', 2 * (at + n))
-    ffi.copy(bigger, buf, at * 8)
-    buf, cap = bigger, 2 * (at + n)
-  end
-end
+local shared = require 'diffrl.core.tokenizer' -- encode_one, encode_batch (the CLIP tokenizer's)
+
+local function fresh(n) return ffi.new('int64_t[?]', n), n end
 
 -- Ids of one text, [CLS] ... [SEP], untruncated (a Lua table).
 function Tokenizer.ids(t, text)
   local h = handle(t, 'ids')
-  local buf, _, n = encode_one(h, 'ids', text, 0, ffi.new('int64_t[?]', 64), 64, 0)
+  local buf, _, n = shared.encode_one(C.dr_wordpiece_encode, h, 'ids', text, 0, ffi.new('int64_t[?]', 64), 64, 0)
   local out = {}
   for i = 0, n - 1 do out[i + 1] = tonumber(buf[i]) end
   return out
 end
 
-local encode_options = require('diffrl.core.tokenizer').encode_options
-
 function Tokenizer.encode(t, texts, opts)
   local h = handle(t, 'encode')
-  local max_length, padding, truncation
-  texts, max_length, padding, truncation = encode_options(texts, opts, t.model_max_length)
-  local b = #texts
-  local cap = b * max_length
-  local buf, at, starts, lens, longest = ffi.new('int64_t[?]', cap), 0, {}, {}, 0
-  for i = 1, b do
-    local n
-    buf, cap, n = encode_one(h, 'encode', texts[i], truncation and max_length or 0, buf, cap, at)
-    if not truncation and padding == 'max_length' and n > max_length then
-      raise(('encode: text %d has %d tokens, more than max_length %d (truncation is off)')
-        :format(i, n, max_length))
-    end
-    starts[i], lens[i], at = at, n, at + n
-    if n > longest then longest = n end
-  end
-  local width = padding == 'max_length' and max_length or longest
-  if padding == false then
-    for i = 2, b do
-      if lens[i] ~= lens[1] then
-        raise(('encode: without padding every text must give as many tokens: text 1 has %d, text %d has %d')
-          :format(lens[1], i, lens[i]))
-      end
-    end
-  end
+  local buf, _, starts, lens, width = shared.encode_batch(C.dr_wordpiece_encode, h, texts, opts, t.model_max_length, fresh)
+  local b = #lens
   local ids = F.empty(b, width, { dtype = 'int64' })
   local mask = F.empty(b, width, { dtype = 'int64' })
   local p = ffi.cast('int64_t *', C.dr_tensor_data(ids.ptr))
