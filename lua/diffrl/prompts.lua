@@ -105,12 +105,7 @@ local function int_option(op, opts, key, default, min)
   return v
 end
 
-local function bool_option(op, opts, key, default)
-  local v = opts[key]
-  if v == nil then return default end
-  if type(v) ~= 'boolean' then raise(('%s: %s must be true or false, got %s'):format(op, key, tostring(v))) end
-  return v
-end
+local bool_option = api.bool_option
 
 local function name_option(op, opts, default)
   local v = opts.name

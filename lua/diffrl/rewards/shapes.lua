@@ -59,12 +59,7 @@ local function number_option(op, opts, key, default, lo, hi)
   return v
 end
 
-local function bool_option(op, opts, key, default)
-  local v = opts[key]
-  if v == nil then return default end
-  if type(v) ~= 'boolean' then raise(('%s: %s must be true or false, got %s'):format(op, key, tostring(v))) end
-  return v
-end
+local bool_option = api.bool_option
 
 -- ---- composition -------------------------------------------------------------------
 

@@ -493,7 +493,7 @@ function Trainer:evaluate_here(label)
       groups = groups or {}
       local chunk = math.max(k, math.floor(cfg.sample.batch_size / k) * k)
       local gen = core.Generator(cfg.eval.seed + 7919 * (ti - 1))
-      local scores = {}
+      local scores, shown = {}, 0
       for c = 1, #prompts, chunk do
         local sub, sub_groups = {}, {}
         for i = c, math.min(c + chunk - 1, #prompts) do
@@ -508,11 +508,10 @@ function Trainer:evaluate_here(label)
                                                            groups = k > 1 and sub_groups or nil })
         for i = 1, #sub do
           scores[#scores + 1] = s[i]
-          local shown = 0
-          for _, p in ipairs(grid_prompts) do if p.task == ti then shown = shown + 1 end end
           if shown < GRID_PER_TASK then
+            shown = shown + 1
             grid[#grid + 1] = images:narrow(1, i, 1)
-            grid_prompts[#grid_prompts + 1] = { task = ti, text = ('[%s] %s'):format(task.name, sub[i]) }
+            grid_prompts[#grid_prompts + 1] = ('[%s] %s'):format(task.name, sub[i])
           end
         end
       end
@@ -522,9 +521,7 @@ function Trainer:evaluate_here(label)
   if #grid == 0 then return nil end
   row.time_s = now() - t0
   self.run:log(row, 'eval')
-  local texts = {}
-  for i, p in ipairs(grid_prompts) do texts[i] = p.text end
-  self.run:save_heldout(label, core.cat(grid, 1), texts)
+  self.run:save_heldout(label, core.cat(grid, 1), grid_prompts)
   return row
 end
 

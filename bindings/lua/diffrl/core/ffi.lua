@@ -119,6 +119,14 @@ function M.check_options(op, opts, allowed)
   return opts
 end
 
+-- opts[key] as a boolean; `default` when absent; anything else is an error naming it.
+function M.bool_option(op, opts, key, default)
+  local v = opts[key]
+  if v == nil then return default end
+  if type(v) ~= 'boolean' then M.raise(('%s: %s must be true or false, got %s'):format(op, key, tostring(v))) end
+  return v
+end
+
 function M.check(status)
   if status ~= 0 then M.raise(ffi.string(C.dr_last_error())) end
 end

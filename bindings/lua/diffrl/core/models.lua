@@ -75,6 +75,9 @@ local function file_exists(path)
   return f ~= nil
 end
 
+-- for the other model bindings (reward_models.lua)
+M._read_file, M._file_exists = read_file, file_exists
+
 -- The weight files of a model folder: [variant] safetensors, single or sharded.
 local function weight_files(dir, variant)
   local bases = { 'diffusion_pytorch_model', 'model' }

@@ -28,19 +28,7 @@ local function check(status)
   if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
 end
 
-local function read_file(path, what)
-  local f, err = io.open(path, 'rb')
-  if not f then raise(('%s: cannot read %s'):format(what, err or path)) end
-  local text = f:read('*a')
-  f:close()
-  return text
-end
-
-local function file_exists(path)
-  local f = io.open(path, 'rb')
-  if f then f:close() end
-  return f ~= nil
-end
+local read_file, file_exists = models._read_file, models._file_exists
 
 local function tensor_arg(x, op, what, optional)
   if x == nil and optional then return nil end
