@@ -764,6 +764,24 @@ dr_status dr_imagereward_forward(dr_model *m, const dr_tensor *pixel_values,
                                  dr_tensor **scores, dr_tensor **image_embeds,
                                  dr_tensor **text_features);
 
+/* ---- CLIP and the LAION aesthetic predictor (issue 10; core/models/clip_vision.c,
+ * clip_text.c, aesthetic.c) */
+/* Model kind "clip": transformers' CLIPModel from its CLIPConfig (config.json), with
+ * parameters named as its state-dict keys. preprocess: images float [B, 3, H, W] in
+ * [0, 1] -> pixel_values [B, 3, S, S] (S = vision_config.image_size), the transform
+ * of ImageReward above. image_features: pixel_values -> visual_projection of the
+ * post-layernormed class token, [B, projection_dim]; text_features: input_ids int64
+ * [B, L] -> text_projection of the pooled text state, [B, projection_dim]. Neither
+ * is normalised. */
+dr_status dr_clip_preprocess(dr_model *m, const dr_tensor *images, dr_tensor **out);
+dr_status dr_clip_image_features(dr_model *m, const dr_tensor *pixel_values, dr_tensor **out);
+dr_status dr_clip_text_features(dr_model *m, const dr_tensor *input_ids, dr_tensor **out);
+/* Model kind "aesthetic": the LAION improved aesthetic predictor's MLP, config
+ * {"input_size": 768, "mlp_widths": [1024, 128, 64, 16]} (the official sizes by
+ * default), parameters layers.{0,2,4,6,7}.{weight,bias}. forward: CLIP image
+ * features [B, input_size] -> scores [B] (the features L2-normalised first). */
+dr_status dr_aesthetic_forward(dr_model *m, const dr_tensor *image_features, dr_tensor **out);
+
 /* ---- io: PyTorch checkpoints, WordPiece (issue 10) --------------------------- */
 /* [section: torch_load] (core/io/torch_load.c, pickle.c, zip.c)
  * torch.save's zip checkpoints (torch >= 1.6), read safely: stored zip entries

@@ -85,12 +85,12 @@ dr_status bert_new(dr_model *m, bert *b, const dr_json *cfg, int64_t encoder_wid
     DR_TRY(dr_cfg_num(m, cfg, "layer_norm_eps", 1e-12, &b->eps));
     DR_TRY(dr_cfg_num(m, cfg, "initializer_range", 0.02, &std));
     DR_TRY(dr_cfg_str(m, cfg, "hidden_act", "gelu", &act));
-    DR_TRY(blip_check_range(m, "text_config.vocab_size", b->vocab, 1, (int64_t)1 << 31));
-    DR_TRY(blip_check_range(m, "text_config.hidden_size", b->hidden, 1, 1 << 16));
-    DR_TRY(blip_check_range(m, "text_config.num_hidden_layers", b->layers, 1, 1024));
-    DR_TRY(blip_check_range(m, "text_config.num_attention_heads", b->heads, 1, b->hidden));
-    DR_TRY(blip_check_range(m, "text_config.intermediate_size", b->inter, 1, 1 << 18));
-    DR_TRY(blip_check_range(m, "text_config.max_position_embeddings", b->max_pos, 1, 1 << 20));
+    DR_TRY(dr_cfg_range(m, "text_config.vocab_size", b->vocab, 1, (int64_t)1 << 31));
+    DR_TRY(dr_cfg_range(m, "text_config.hidden_size", b->hidden, 1, 1 << 16));
+    DR_TRY(dr_cfg_range(m, "text_config.num_hidden_layers", b->layers, 1, 1024));
+    DR_TRY(dr_cfg_range(m, "text_config.num_attention_heads", b->heads, 1, b->hidden));
+    DR_TRY(dr_cfg_range(m, "text_config.intermediate_size", b->inter, 1, 1 << 18));
+    DR_TRY(dr_cfg_range(m, "text_config.max_position_embeddings", b->max_pos, 1, 1 << 20));
     if (b->hidden % b->heads != 0)
         return dr_fail(DR_ERR_IO, "%s: text_config: hidden_size %lld is not a multiple of "
                        "num_attention_heads %lld", m->context, (long long)b->hidden, (long long)b->heads);

@@ -74,8 +74,4 @@ void bert_free(bert *b);
 dr_status bert_forward(const bert *b, const dr_tensor *input_ids, const dr_tensor *attention_mask,
                        const dr_tensor *encoder_hidden_states, dr_tensor **out);
 
-/* ---- shared -------------------------------------------------------------------- */
-/* A dr_fail unless lo <= v <= hi, naming the config key. */
-dr_status blip_check_range(const dr_model *m, const char *key, int64_t v, int64_t lo, int64_t hi);
-
 #endif

@@ -19,13 +19,6 @@
 #include "blip.h"
 #include "../tensor/tensor_internal.h"
 
-dr_status blip_check_range(const dr_model *m, const char *key, int64_t v, int64_t lo, int64_t hi) {
-    if (v < lo || v > hi)
-        return dr_fail(DR_ERR_IO, "%s: config key '%s' = %lld is out of range [%lld, %lld]", m->context,
-                       key, (long long)v, (long long)lo, (long long)hi);
-    return DR_OK;
-}
-
 dr_status blip_vit_config_read(const dr_model *m, const dr_json *cfg, blip_vit_config *out) {
     double ratio;
     DR_TRY(dr_cfg_int(m, cfg, "image_size", 224, &out->image_size));
@@ -35,11 +28,11 @@ dr_status blip_vit_config_read(const dr_model *m, const dr_json *cfg, blip_vit_c
     DR_TRY(dr_cfg_int(m, cfg, "num_attention_heads", 16, &out->heads));
     DR_TRY(dr_cfg_num(m, cfg, "mlp_ratio", 4.0, &ratio));
     DR_TRY(dr_cfg_num(m, cfg, "layer_norm_eps", 1e-6, &out->eps));
-    DR_TRY(blip_check_range(m, "vision_config.image_size", out->image_size, 1, 1 << 14));
-    DR_TRY(blip_check_range(m, "vision_config.patch_size", out->patch_size, 1, out->image_size));
-    DR_TRY(blip_check_range(m, "vision_config.hidden_size", out->width, 1, 1 << 16));
-    DR_TRY(blip_check_range(m, "vision_config.num_hidden_layers", out->depth, 1, 1024));
-    DR_TRY(blip_check_range(m, "vision_config.num_attention_heads", out->heads, 1, out->width));
+    DR_TRY(dr_cfg_range(m, "vision_config.image_size", out->image_size, 1, 1 << 14));
+    DR_TRY(dr_cfg_range(m, "vision_config.patch_size", out->patch_size, 1, out->image_size));
+    DR_TRY(dr_cfg_range(m, "vision_config.hidden_size", out->width, 1, 1 << 16));
+    DR_TRY(dr_cfg_range(m, "vision_config.num_hidden_layers", out->depth, 1, 1024));
+    DR_TRY(dr_cfg_range(m, "vision_config.num_attention_heads", out->heads, 1, out->width));
     if (out->image_size % out->patch_size != 0)
         return dr_fail(DR_ERR_IO, "%s: vision_config: image_size %lld is not a multiple of patch_size %lld",
                        m->context, (long long)out->image_size, (long long)out->patch_size);
@@ -147,22 +140,6 @@ static dr_status block_forward(const blip_vit_block *b, int64_t heads, const dr_
     return st;
 }
 
-/* cat(cls_token expanded to B rows, patch tokens) + pos_embed */
-static dr_status embed(const blip_vit *v, const dr_tensor *x, dr_tensor **out) {
-    int64_t bsz = x->sizes[0], c = v->cfg.width;
-    dr_tensor *p = NULL, *tok = NULL, *cls = NULL, *cat = NULL;
-    dr_status st = nn_conv_forward(&v->patch, x, &p);
-    if (st == DR_OK) st = nn_to_tokens(p, &tok);
-    dr_tensor_release(p);
-    if (st == DR_OK) st = dr_tensor_expand(v->cls_token, (int64_t[]){bsz, 1, c}, 3, &cls);
-    if (st == DR_OK) st = dr_cat((const dr_tensor *[]){cls, tok}, 2, 1, &cat);
-    dr_tensor_release(cls);
-    dr_tensor_release(tok);
-    if (st == DR_OK) st = dr_add(cat, v->pos_embed, 1.0, out);
-    dr_tensor_release(cat);
-    return st;
-}
-
 dr_status blip_vit_forward(const blip_vit *v, const dr_tensor *x, dr_tensor **out) {
     *out = NULL;
     int64_t s = v->cfg.image_size;
@@ -173,7 +150,7 @@ dr_status blip_vit_forward(const blip_vit *v, const dr_tensor *x, dr_tensor **ou
         return dr_fail(DR_ERR_DTYPE, "imagereward: pixel_values must be a float tensor, got %s",
                        dr_dtype_name(x->scalar_type));
     dr_tensor *h = NULL, *t = NULL;
-    dr_status st = embed(v, x, &h);
+    dr_status st = nn_vit_embed(&v->patch, v->cls_token, v->pos_embed, x, &h);
     for (int64_t i = 0; i < v->cfg.depth && st == DR_OK; i++) {
         st = block_forward(&v->blocks[i], v->cfg.heads, h, &t);
         if (st == DR_OK) dr_swap(&h, t), t = NULL;

@@ -18,6 +18,8 @@
  * (k_proj, v_proj, q_proj, out_proj, layer_norm1, fc1, fc2, layer_norm2). transformers 5
  * saves the same keys without "text_model." (the loader maps those; see model.c).
  * position_ids is a non-persistent buffer, not a parameter (nor counted).
+ * The encoder layer (clip_layer_new / clip_layer_forward) is shared with the vision
+ * tower (clip_vision.c), which runs it without the causal mask.
  * No attention_mask: SD pipelines never pass one to the text encoder (padding tokens
  * are attended, only the causal mask applies), so neither does this forward. */
 #include <math.h>
@@ -25,45 +27,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn.h"
+#include "clip.h"
 #include "../tensor/tensor_internal.h"
 
-typedef enum clip_act {
-    ACT_QUICK_GELU, /* x sigmoid(1.702 x) */
-    ACT_GELU,       /* exact (erf) */
-    ACT_GELU_TANH,  /* gelu_new / gelu_pytorch_tanh / gelu_fast: the tanh approximation */
-    ACT_RELU,
-    ACT_SILU
-} clip_act;
-
 static const struct { const char *name; clip_act act; } acts[] = {
-    {"quick_gelu", ACT_QUICK_GELU}, {"gelu", ACT_GELU},   {"gelu_new", ACT_GELU_TANH},
-    {"gelu_pytorch_tanh", ACT_GELU_TANH}, {"gelu_fast", ACT_GELU_TANH},
-    {"relu", ACT_RELU},             {"silu", ACT_SILU},   {"swish", ACT_SILU},
+    {"quick_gelu", CLIP_QUICK_GELU}, {"gelu", CLIP_GELU},   {"gelu_new", CLIP_GELU_TANH},
+    {"gelu_pytorch_tanh", CLIP_GELU_TANH}, {"gelu_fast", CLIP_GELU_TANH},
+    {"relu", CLIP_RELU},             {"silu", CLIP_SILU},   {"swish", CLIP_SILU},
 };
-
-typedef struct clip_layer {
-    nn_linear q, k, v, out; /* self_attn.{q,k,v,out}_proj */
-    nn_norm ln1, ln2;       /* layer_norm1, layer_norm2 */
-    nn_linear fc1, fc2;     /* mlp.fc1, mlp.fc2 */
-    int64_t heads;
-    double scale;           /* head_dim^-0.5 */
-    clip_act act;
-} clip_layer;
-
-typedef struct clip_text {
-    dr_tensor *token_emb, *pos_emb; /* [vocab, hidden], [max_position_embeddings, hidden] */
-    int64_t vocab, hidden, max_pos, nlayers, eos;
-    nn_norm final_ln;
-    clip_layer *layers;
-} clip_text;
-
-static void clip_text_free(void *p) {
-    clip_text *c = p;
-    if (!c) return;
-    free(c->layers);
-    free(c);
-}
 
 /* transformers' CLIPPreTrainedModel._init_weights instead of torch.nn's defaults:
  * linear weights N(0, std), biases zero (PreTrainedModel._init_weights). */
@@ -77,46 +48,106 @@ static dr_status linear_new(dr_model *m, nn_linear *l, int64_t in, int64_t out, 
     return lora ? nn_lora_target(m, l, name) : DR_OK;
 }
 
-static dr_status layer_new(dr_model *m, clip_layer *y, int64_t dim, int64_t inter, int64_t heads,
-                           int64_t nlayers, double eps, double factor, clip_act act, int64_t i) {
-    char pre[256], sub[320];
-    snprintf(pre, sizeof pre, "text_model.encoder.layers.%lld", (long long)i);
-    double in_std = pow((double)dim, -0.5) * pow(2.0 * (double)nlayers, -0.5) * factor;
-    double out_std = pow((double)dim, -0.5) * factor;
-    double fc_std = pow(2.0 * (double)dim, -0.5) * factor;
-    y->heads = heads;
-    y->scale = pow((double)(dim / heads), -0.5);
-    y->act = act;
+dr_status clip_layer_new(dr_model *m, clip_layer *y, const clip_encoder_config *c, int64_t i,
+                         const char *prefix, bool lora, int causal) {
+    char pre[320], sub[400];
+    int64_t dim = c->hidden;
+    snprintf(pre, sizeof pre, "%s.encoder.layers.%lld", prefix, (long long)i);
+    double in_std = pow((double)dim, -0.5) * pow(2.0 * (double)c->layers, -0.5) * c->factor;
+    double out_std = pow((double)dim, -0.5) * c->factor;
+    double fc_std = pow(2.0 * (double)dim, -0.5) * c->factor;
+    y->heads = c->heads;
+    y->scale = pow((double)(dim / c->heads), -0.5);
+    y->act = c->act;
+    y->causal = causal;
     snprintf(sub, sizeof sub, "%s.self_attn", pre);
-    DR_TRY(linear_new(m, &y->k, dim, dim, in_std, true, sub, "k_proj"));
-    DR_TRY(linear_new(m, &y->v, dim, dim, in_std, true, sub, "v_proj"));
-    DR_TRY(linear_new(m, &y->q, dim, dim, in_std, true, sub, "q_proj"));
-    DR_TRY(linear_new(m, &y->out, dim, dim, out_std, true, sub, "out_proj"));
+    DR_TRY(linear_new(m, &y->k, dim, dim, in_std, lora, sub, "k_proj"));
+    DR_TRY(linear_new(m, &y->v, dim, dim, in_std, lora, sub, "v_proj"));
+    DR_TRY(linear_new(m, &y->q, dim, dim, in_std, lora, sub, "q_proj"));
+    DR_TRY(linear_new(m, &y->out, dim, dim, out_std, lora, sub, "out_proj"));
     snprintf(sub, sizeof sub, "%s.layer_norm1", pre);
-    DR_TRY(nn_layer_norm_new(m, &y->ln1, dim, eps, sub));
+    DR_TRY(nn_layer_norm_new(m, &y->ln1, dim, c->eps, sub));
     snprintf(sub, sizeof sub, "%s.mlp", pre);
-    DR_TRY(linear_new(m, &y->fc1, dim, inter, fc_std, false, sub, "fc1"));
-    DR_TRY(linear_new(m, &y->fc2, inter, dim, in_std, false, sub, "fc2"));
+    DR_TRY(linear_new(m, &y->fc1, dim, c->inter, fc_std, false, sub, "fc1"));
+    DR_TRY(linear_new(m, &y->fc2, c->inter, dim, in_std, false, sub, "fc2"));
     snprintf(sub, sizeof sub, "%s.layer_norm2", pre);
-    return nn_layer_norm_new(m, &y->ln2, dim, eps, sub);
-}
-
-static dr_status check_int(const dr_model *m, const char *key, int64_t v, int64_t lo, int64_t hi) {
-    if (v < lo || v > hi)
-        return dr_fail(DR_ERR_IO, "%s: config key '%s' = %lld is out of range [%lld, %lld]", m->context,
-                       key, (long long)v, (long long)lo, (long long)hi);
-    return DR_OK;
+    return nn_layer_norm_new(m, &y->ln2, dim, c->eps, sub);
 }
 
 /* Dropout is an error unless 0: SD's text encoders are configured without it, and a
  * training run would otherwise silently differ from transformers in train mode. */
-static dr_status check_zero(const dr_model *m, const dr_json *cfg, const char *key) {
+dr_status clip_check_zero(const dr_model *m, const dr_json *cfg, const char *key) {
     double p;
     DR_TRY(dr_cfg_num(m, cfg, key, 0.0, &p));
     if (p != 0.0)
         return dr_fail(DR_ERR_UNSUPPORTED, "%s: config key '%s' = %g is not supported (only 0)",
                        m->context, key, p);
     return DR_OK;
+}
+
+dr_status clip_encoder_config_read(const dr_model *m, const dr_json *cfg, const int64_t *defaults,
+                                   clip_encoder_config *out) {
+    const char *act_name = NULL;
+    DR_TRY(clip_check_zero(m, cfg, "dropout"));
+    DR_TRY(clip_check_zero(m, cfg, "attention_dropout"));
+    DR_TRY(dr_cfg_int(m, cfg, "hidden_size", defaults[0], &out->hidden));
+    DR_TRY(dr_cfg_int(m, cfg, "intermediate_size", defaults[1], &out->inter));
+    DR_TRY(dr_cfg_int(m, cfg, "num_hidden_layers", defaults[2], &out->layers));
+    DR_TRY(dr_cfg_int(m, cfg, "num_attention_heads", defaults[3], &out->heads));
+    DR_TRY(dr_cfg_num(m, cfg, "layer_norm_eps", 1e-5, &out->eps));
+    DR_TRY(dr_cfg_num(m, cfg, "initializer_factor", 1.0, &out->factor));
+    DR_TRY(dr_cfg_str(m, cfg, "hidden_act", "quick_gelu", &act_name));
+    DR_TRY(dr_cfg_range(m, "hidden_size", out->hidden, 1, 1 << 16));
+    DR_TRY(dr_cfg_range(m, "intermediate_size", out->inter, 1, 1 << 18));
+    DR_TRY(dr_cfg_range(m, "num_hidden_layers", out->layers, 1, 1024));
+    DR_TRY(dr_cfg_range(m, "num_attention_heads", out->heads, 1, out->hidden));
+    if (out->hidden % out->heads != 0)
+        return dr_fail(DR_ERR_IO, "%s: hidden_size %lld does not split into %lld attention heads "
+                       "(num_attention_heads)", m->context, (long long)out->hidden, (long long)out->heads);
+    if (!(out->eps > 0))
+        return dr_fail(DR_ERR_IO, "%s: config key 'layer_norm_eps' = %g must be positive", m->context, out->eps);
+    for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
+        if (strcmp(act_name, acts[i].name) == 0) {
+            out->act = acts[i].act;
+            return DR_OK;
+        }
+    return dr_fail(DR_ERR_UNSUPPORTED, "%s: hidden_act '%s' is not supported (quick_gelu, gelu, "
+                   "gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu)", m->context, act_name);
+}
+
+dr_status clip_text_new(dr_model *m, clip_text *c, const dr_json *cfg) {
+    static const int64_t defaults[4] = {512, 2048, 12, 8};
+    clip_encoder_config ec;
+    DR_TRY(clip_encoder_config_read(m, cfg, defaults, &ec));
+    c->hidden = ec.hidden;
+    c->nlayers = ec.layers;
+    DR_TRY(dr_cfg_int(m, cfg, "vocab_size", 49408, &c->vocab));
+    DR_TRY(dr_cfg_int(m, cfg, "max_position_embeddings", 77, &c->max_pos));
+    DR_TRY(dr_cfg_int(m, cfg, "eos_token_id", 49407, &c->eos));
+    DR_TRY(dr_cfg_range(m, "vocab_size", c->vocab, 1, (int64_t)1 << 31));
+    DR_TRY(dr_cfg_range(m, "max_position_embeddings", c->max_pos, 1, 1 << 20));
+
+    DR_TRY(dr_model_param_new(m, &c->token_emb, DR_INIT_NORMAL, 0.02 * ec.factor,
+                              (int64_t[]){c->vocab, c->hidden}, 2, "text_model.embeddings.token_embedding.weight"));
+    DR_TRY(dr_model_param_new(m, &c->pos_emb, DR_INIT_NORMAL, 0.02 * ec.factor,
+                              (int64_t[]){c->max_pos, c->hidden}, 2,
+                              "text_model.embeddings.position_embedding.weight"));
+    c->layers = calloc((size_t)c->nlayers, sizeof *c->layers);
+    if (!c->layers) return dr_fail(DR_ERR_OOM, "%s: out of memory", m->context);
+    for (int64_t i = 0; i < c->nlayers; i++)
+        DR_TRY(clip_layer_new(m, &c->layers[i], &ec, i, "text_model", true, 1));
+    return nn_layer_norm_new(m, &c->final_ln, c->hidden, ec.eps, "text_model.final_layer_norm");
+}
+
+void clip_text_free(clip_text *c) {
+    free(c->layers);
+    c->layers = NULL;
+}
+
+static void clip_text_impl_free(void *p) {
+    if (!p) return;
+    clip_text_free(p);
+    free(p);
 }
 
 dr_status dr_clip_text_build(dr_model *m, const dr_json *cfg) {
@@ -128,55 +159,11 @@ dr_status dr_clip_text_build(dr_model *m, const dr_json *cfg) {
         return dr_fail(DR_ERR_UNSUPPORTED, "%s: architectures '%s' is not supported (CLIPTextModel)",
                        m->context, arch->u.items[0].u.s);
     DR_TRY(dr_cfg_require_default(m, cfg, "model_type", "clip_text_model"));
-    DR_TRY(check_zero(m, cfg, "dropout"));
-    DR_TRY(check_zero(m, cfg, "attention_dropout"));
-
     clip_text *c = calloc(1, sizeof *c);
     if (!c) return dr_fail(DR_ERR_OOM, "%s: out of memory", m->context);
     m->impl = c;
-    m->impl_free = clip_text_free;
-
-    int64_t inter, heads;
-    double eps, factor;
-    const char *act_name = NULL;
-    DR_TRY(dr_cfg_int(m, cfg, "vocab_size", 49408, &c->vocab));
-    DR_TRY(dr_cfg_int(m, cfg, "hidden_size", 512, &c->hidden));
-    DR_TRY(dr_cfg_int(m, cfg, "intermediate_size", 2048, &inter));
-    DR_TRY(dr_cfg_int(m, cfg, "num_hidden_layers", 12, &c->nlayers));
-    DR_TRY(dr_cfg_int(m, cfg, "num_attention_heads", 8, &heads));
-    DR_TRY(dr_cfg_int(m, cfg, "max_position_embeddings", 77, &c->max_pos));
-    DR_TRY(dr_cfg_int(m, cfg, "eos_token_id", 49407, &c->eos));
-    DR_TRY(dr_cfg_num(m, cfg, "layer_norm_eps", 1e-5, &eps));
-    DR_TRY(dr_cfg_num(m, cfg, "initializer_factor", 1.0, &factor));
-    DR_TRY(dr_cfg_str(m, cfg, "hidden_act", "quick_gelu", &act_name));
-    DR_TRY(check_int(m, "vocab_size", c->vocab, 1, (int64_t)1 << 31));
-    DR_TRY(check_int(m, "hidden_size", c->hidden, 1, 1 << 16));
-    DR_TRY(check_int(m, "intermediate_size", inter, 1, 1 << 18));
-    DR_TRY(check_int(m, "num_hidden_layers", c->nlayers, 1, 1024));
-    DR_TRY(check_int(m, "num_attention_heads", heads, 1, c->hidden));
-    DR_TRY(check_int(m, "max_position_embeddings", c->max_pos, 1, 1 << 20));
-    if (c->hidden % heads != 0)
-        return dr_fail(DR_ERR_IO, "%s: hidden_size %lld does not split into %lld attention heads "
-                       "(num_attention_heads)", m->context, (long long)c->hidden, (long long)heads);
-    if (!(eps > 0))
-        return dr_fail(DR_ERR_IO, "%s: config key 'layer_norm_eps' = %g must be positive", m->context, eps);
-    int act = -1;
-    for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
-        if (strcmp(act_name, acts[i].name) == 0) act = (int)acts[i].act;
-    if (act < 0)
-        return dr_fail(DR_ERR_UNSUPPORTED, "%s: hidden_act '%s' is not supported (quick_gelu, gelu, "
-                       "gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu)", m->context, act_name);
-
-    DR_TRY(dr_model_param_new(m, &c->token_emb, DR_INIT_NORMAL, 0.02 * factor,
-                              (int64_t[]){c->vocab, c->hidden}, 2, "text_model.embeddings.token_embedding.weight"));
-    DR_TRY(dr_model_param_new(m, &c->pos_emb, DR_INIT_NORMAL, 0.02 * factor,
-                              (int64_t[]){c->max_pos, c->hidden}, 2,
-                              "text_model.embeddings.position_embedding.weight"));
-    c->layers = calloc((size_t)c->nlayers, sizeof *c->layers);
-    if (!c->layers) return dr_fail(DR_ERR_OOM, "%s: out of memory", m->context);
-    for (int64_t i = 0; i < c->nlayers; i++)
-        DR_TRY(layer_new(m, &c->layers[i], c->hidden, inter, heads, c->nlayers, eps, factor, (clip_act)act, i));
-    return nn_layer_norm_new(m, &c->final_ln, c->hidden, eps, "text_model.final_layer_norm");
+    m->impl_free = clip_text_impl_free;
+    return clip_text_new(m, c, cfg);
 }
 
 /* ---- forward ------------------------------------------------------------------------ */
@@ -187,7 +174,7 @@ static dr_status self_attn(const clip_layer *y, const dr_tensor *x, dr_tensor **
     dr_status st = nn_linear_forward(&y->q, x, &q);
     if (st == DR_OK) st = nn_linear_forward(&y->k, x, &k);
     if (st == DR_OK) st = nn_linear_forward(&y->v, x, &v);
-    if (st == DR_OK) st = nn_heads_attention(q, k, v, y->heads, 1, y->scale, &o);
+    if (st == DR_OK) st = nn_heads_attention(q, k, v, y->heads, y->causal, y->scale, &o);
     dr_tensor_release(q);
     dr_tensor_release(k);
     dr_tensor_release(v);
@@ -198,10 +185,10 @@ static dr_status self_attn(const clip_layer *y, const dr_tensor *x, dr_tensor **
 
 static dr_status activation(clip_act act, const dr_tensor *x, dr_tensor **out) {
     switch (act) {
-    case ACT_QUICK_GELU: return dr_quick_gelu(x, out);
-    case ACT_GELU: return dr_gelu(x, 0, out);
-    case ACT_GELU_TANH: return dr_gelu(x, 1, out);
-    case ACT_RELU: return dr_relu(x, out);
+    case CLIP_QUICK_GELU: return dr_quick_gelu(x, out);
+    case CLIP_GELU: return dr_gelu(x, 0, out);
+    case CLIP_GELU_TANH: return dr_gelu(x, 1, out);
+    case CLIP_RELU: return dr_relu(x, out);
     default: return dr_silu(x, out);
     }
 }
@@ -230,7 +217,7 @@ static dr_status residual(const clip_layer *y, const nn_norm *norm,
 }
 
 /* CLIPEncoderLayer; an nn_checkpoint block with inputs {x} */
-static dr_status layer_fn(const void *block, const dr_tensor *const *in, dr_tensor **out) {
+dr_status clip_layer_forward(const void *block, const dr_tensor *const *in, dr_tensor **out) {
     const clip_layer *y = block;
     dr_tensor *h = NULL;
     DR_TRY(residual(y, &y->ln1, self_attn, in[0], &h));
@@ -306,9 +293,14 @@ dr_status dr_clip_text_forward(dr_model *m, const dr_tensor *input_ids, int32_t 
     if (hidden) *hidden = NULL;
     if (pooled) *pooled = NULL;
     DR_TRY(dr_model_check(m, "clip_text", op));
+    return clip_text_run(m, m->impl, input_ids, skip, hidden, pooled);
+}
+
+dr_status clip_text_run(const dr_model *m, const clip_text *c, const dr_tensor *input_ids, int32_t skip,
+                        dr_tensor **hidden, dr_tensor **pooled) {
+    const char *op = "clip_text_forward";
     DR_TRY(dr_check_tensor(input_ids, op, "input_ids"));
     if (!hidden && !pooled) return dr_fail(DR_ERR_ARG, "%s: hidden and pooled are both NULL", op);
-    const clip_text *c = m->impl;
     if (skip < 0 || skip > c->nlayers)
         return dr_fail(DR_ERR_ARG, "clip_text: skip (clip_skip) must be in [0, %lld] for %lld layers, "
                        "got %d", (long long)c->nlayers, (long long)c->nlayers, skip);
@@ -329,7 +321,7 @@ dr_status dr_clip_text_forward(dr_model *m, const dr_tensor *input_ids, int32_t 
         kept = h;
     }
     for (int64_t i = 0; i < stop && st == DR_OK; i++) {
-        st = nn_checkpoint(ckpt, layer_fn, &c->layers[i], (const dr_tensor *[]){h}, 1, &t);
+        st = nn_checkpoint(ckpt, clip_layer_forward, &c->layers[i], (const dr_tensor *[]){h}, 1, &t);
         if (st == DR_OK) dr_swap(&h, t), t = NULL;
         if (st == DR_OK && i + 1 == keep && keep < c->nlayers && hidden) {
             dr_tensor_retain(h);

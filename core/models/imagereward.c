@@ -9,17 +9,10 @@
  *            no activations (the ReLUs are commented out upstream), dropouts off
  *   score  = (r - 0.16717362830052426) / 1.0333394966054072
  *
- * preprocess (ImageReward._transform(224) on a PIL image): Resize(224, BICUBIC) of the
- * shorter side (the longer to int(224 * long / short)), CenterCrop(224) (offsets
- * int(round((size - 224) / 2)), Python's round half to even), ToTensor, Normalize
- * with CLIP's mean / std. diffrl's images are float [B, 3, H, W] in [0, 1], so the
- * resize is torch's antialiased bicubic (F.interpolate(mode='bicubic', antialias=True,
- * align_corners=False): PIL's filter, a = -0.5, support 2 * scale when shrinking)
- * on float data, written as two matmuls with the resampling matrices (rows of the
- * crop only): out = R_h x R_w^T. PIL works on uint8 and rounds after each pass; on
- * the fixture images the scores differ by 4e-5 (shrinking) to 2e-3 (enlarging 96 ->
- * 224) from PIL's (spec/imagereward_spec.lua), the tensor path is exact to 1e-6.
- * Being matmuls, the preprocessing is differentiable, as the forward is.
+ * preprocess (ImageReward._transform(224)): CLIP's transform on float images
+ * (clip_image.c: antialiased bicubic resize of the shorter side, centre crop, CLIP
+ * normalisation); on the fixture images the scores differ by 4e-5 (shrinking) to 2e-3
+ * (enlarging 96 -> 224) from the package's PIL path (spec/imagereward_spec.lua).
  *
  * The model is kind "imagereward", built from one JSON object:
  *   text_config    med_config.json (required)
@@ -39,16 +32,11 @@
 #include "blip.h"
 #include "../tensor/tensor_internal.h"
 
-#define IR_HEAD_LAYERS 5
-
-static const double CLIP_MEAN[3] = {0.48145466, 0.4578275, 0.40821073};
-static const double CLIP_STD[3] = {0.26862954, 0.26130258, 0.27577711};
-
 typedef struct imagereward {
     blip_vit vit;
     bert text;
     nn_linear vision_proj, text_proj;
-    nn_linear head[IR_HEAD_LAYERS];
+    nn_score_mlp head;
     double mean, std;
 } imagereward;
 
@@ -95,22 +83,12 @@ dr_status dr_imagereward_build(dr_model *m, const dr_json *cfg) {
     m->impl = r;
     m->impl_free = imagereward_free;
 
-    int64_t widths[IR_HEAD_LAYERS - 1], embed_dim;
+    int64_t widths[NN_SCORE_MLP_LAYERS - 1], embed_dim;
     blip_vit_config vc;
     DR_TRY(blip_vit_config_read(m, vision_cfg, &vc));
-    const dr_json *w = dr_json_get(cfg, "mlp_widths");
-    if (w && w->type == DR_JSON_ARRAY && w->len != IR_HEAD_LAYERS - 1)
-        return dr_fail(DR_ERR_IO, "%s: mlp_widths has %zu entries, expected 4 (the head's hidden "
-                       "widths, 1024, 128, 64, 16 in ImageReward)", m->context, w->len);
-    if (w && w->type == DR_JSON_INT)
-        return dr_fail(DR_ERR_IO, "%s: mlp_widths must be a list of 4 integers", m->context);
-    static const int64_t official[IR_HEAD_LAYERS - 1] = {1024, 128, 64, 16};
-    if (!w || w->type == DR_JSON_NULL) memcpy(widths, official, sizeof widths);
-    else DR_TRY(dr_cfg_int_list(m, cfg, "mlp_widths", IR_HEAD_LAYERS - 1, 0, widths));
-    for (int i = 0; i < IR_HEAD_LAYERS - 1; i++)
-        DR_TRY(blip_check_range(m, "mlp_widths[]", widths[i], 1, 1 << 16));
+    DR_TRY(nn_score_mlp_widths(m, cfg, "mlp_widths", widths));
     DR_TRY(dr_cfg_int(m, cfg, "embed_dim", 256, &embed_dim));
-    DR_TRY(blip_check_range(m, "embed_dim", embed_dim, 1, 1 << 16));
+    DR_TRY(dr_cfg_range(m, "embed_dim", embed_dim, 1, 1 << 16));
     DR_TRY(dr_cfg_num(m, cfg, "score_mean", 0.16717362830052426, &r->mean));
     DR_TRY(dr_cfg_num(m, cfg, "score_std", 1.0333394966054072, &r->std));
     if (!(r->std > 0) || !isfinite(r->mean))
@@ -123,87 +101,13 @@ dr_status dr_imagereward_build(dr_model *m, const dr_json *cfg) {
     DR_TRY(nn_linear_new(m, &r->text_proj, r->text.hidden, embed_dim, true, "blip.text_proj"));
     mark_optional(m, &r->vision_proj);
     mark_optional(m, &r->text_proj);
-    /* MLP: Linear at Sequential indices 0, 2, 4, 6, 7 (Dropouts at 1, 3, 5); weights
-     * N(0, 1 / (input_size + 1)), biases 0 */
-    static const int index[IR_HEAD_LAYERS] = {0, 2, 4, 6, 7};
-    int64_t in = r->text.hidden;
-    for (int i = 0; i < IR_HEAD_LAYERS; i++) {
-        int64_t out = i < IR_HEAD_LAYERS - 1 ? widths[i] : 1;
-        char name[64];
-        snprintf(name, sizeof name, "mlp.layers.%d", index[i]);
-        DR_TRY(nn_linear_new(m, &r->head[i], in, out, true, name));
-        dr_model_param_set_init(m, r->head[i].weight, DR_INIT_NORMAL, 1.0 / (double)(r->text.hidden + 1));
-        dr_model_param_set_init(m, r->head[i].bias, DR_INIT_ZERO, 0.0);
-        in = out;
+    /* ImageReward's MLP: weights N(0, 1 / (input_size + 1)), biases 0 */
+    DR_TRY(nn_score_mlp_new(m, &r->head, r->text.hidden, widths, "mlp.layers"));
+    for (int i = 0; i < NN_SCORE_MLP_LAYERS; i++) {
+        dr_model_param_set_init(m, r->head.layers[i].weight, DR_INIT_NORMAL, 1.0 / (double)(r->text.hidden + 1));
+        dr_model_param_set_init(m, r->head.layers[i].bias, DR_INIT_ZERO, 0.0);
     }
     return DR_OK;
-}
-
-/* ---- preprocessing ---------------------------------------------------------------- */
-/* torch's antialiased bicubic kernel (upsample_bicubic2d_aa: PIL's, a = -0.5) */
-static double aa_cubic(double x) {
-    const double a = -0.5;
-    x = fabs(x);
-    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
-    if (x < 2.0) return (((x - 5.0) * x + 8.0) * x - 4.0) * a;
-    return 0.0;
-}
-
-/* Rows [first, first + count) of the [out, in] matrix resampling a length-`in` axis
- * to `out` samples (ATen's _compute_indices_weights_aa, align_corners False). */
-static void resample_rows(int64_t in, int64_t out, int64_t first, int64_t count, double *w) {
-    double scale = (double)in / (double)out;
-    double support = scale >= 1.0 ? 2.0 * scale : 2.0;
-    double invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
-    memset(w, 0, (size_t)(count * in) * sizeof *w);
-    for (int64_t r = 0; r < count; r++) {
-        double center = scale * ((double)(first + r) + 0.5);
-        int64_t lo = (int64_t)(center - support + 0.5), hi = (int64_t)(center + support + 0.5);
-        if (lo < 0) lo = 0;
-        if (hi > in) hi = in;
-        double total = 0.0, *row = w + r * in;
-        for (int64_t j = lo; j < hi; j++) total += row[j] = aa_cubic(((double)j - center + 0.5) * invscale);
-        if (total != 0.0)
-            for (int64_t j = lo; j < hi; j++) row[j] /= total;
-    }
-}
-
-static dr_status resample_matrix(int64_t in, int64_t out, int64_t first, int64_t count, dr_device dev,
-                                 dr_tensor **mat) {
-    double *w = malloc((size_t)(count * in) * sizeof *w);
-    if (!w) return dr_fail(DR_ERR_OOM, "imagereward_preprocess: out of memory");
-    resample_rows(in, out, first, count, w);
-    dr_status st = dr_tensor_from_f64(w, (int64_t[]){count, in}, 2, DR_F32, dev, mat);
-    free(w);
-    return st;
-}
-
-/* x [B, 3, H, W] -> [B, 3, S, S]: resized so the shorter side is S, centre-cropped */
-static dr_status resize_crop(const dr_tensor *x, int64_t s, dr_tensor **out) {
-    int64_t h = x->sizes[2], w = x->sizes[3], nh, nw;
-    if (w <= h) nw = s, nh = (int64_t)((double)(s * h) / (double)w);
-    else nh = s, nw = (int64_t)((double)(s * w) / (double)h);
-    int64_t top = (int64_t)rint((double)(nh - s) / 2.0), left = (int64_t)rint((double)(nw - s) / 2.0);
-    if (nh == h && nw == w) { /* Resize is the identity: crop only */
-        dr_tensor *a = NULL, *b = NULL;
-        dr_status st = dr_tensor_narrow(x, 2, top, s, &a);
-        if (st == DR_OK) st = dr_tensor_narrow(a, 3, left, s, &b);
-        if (st == DR_OK) st = dr_tensor_contiguous(b, out);
-        dr_tensor_release(a);
-        dr_tensor_release(b);
-        return st;
-    }
-    dr_tensor *rh = NULL, *rw = NULL, *rwt = NULL, *t = NULL;
-    dr_status st = resample_matrix(h, nh, top, s, x->device, &rh);
-    if (st == DR_OK) st = resample_matrix(w, nw, left, s, x->device, &rw);
-    if (st == DR_OK) st = dr_tensor_transpose(rw, 0, 1, &rwt);
-    if (st == DR_OK) st = dr_matmul(x, rwt, &t);     /* [B, 3, H, S] */
-    if (st == DR_OK) st = dr_matmul(rh, t, out);     /* [S, H] @ [B, 3, H, S] */
-    dr_tensor_release(rh);
-    dr_tensor_release(rw);
-    dr_tensor_release(rwt);
-    dr_tensor_release(t);
-    return st;
 }
 
 dr_status dr_imagereward_preprocess(dr_model *m, const dr_tensor *images, dr_tensor **out) {
@@ -211,53 +115,20 @@ dr_status dr_imagereward_preprocess(dr_model *m, const dr_tensor *images, dr_ten
     if (out) *out = NULL;
     if (!out) return dr_fail(DR_ERR_ARG, "%s: out is NULL", op);
     DR_TRY(dr_model_check(m, "imagereward", op));
-    DR_TRY(dr_check_tensor(images, op, "images"));
-    if (images->ndim != 4 || images->sizes[0] < 1 || images->sizes[1] != 3 || images->sizes[2] < 1 ||
-        images->sizes[3] < 1)
-        return dr_fail(DR_ERR_SHAPE, "%s: images must be [B, 3, H, W] (RGB in [0, 1]), got %s", op,
-                       dr_shape_str(images));
-    if (!dr_dtype_is_float(images->scalar_type))
-        return dr_fail(DR_ERR_DTYPE, "%s: images must be a float tensor with values in [0, 1], got %s "
-                       "(uint8 images: divide by 255)", op, dr_dtype_name(images->scalar_type));
     const imagereward *r = m->impl;
-    dr_tensor *x = NULL, *y = NULL, *mean = NULL, *std = NULL, *c = NULL;
-    dr_status st = DR_OK;
-    if (images->scalar_type == DR_F32) {
-        x = (dr_tensor *)images;
-        dr_tensor_retain(x);
-    } else {
-        st = dr_tensor_to_dtype(images, DR_F32, &x);
-    }
-    if (st == DR_OK) st = resize_crop(x, r->vit.cfg.image_size, &y);
-    if (st == DR_OK) st = dr_tensor_from_f64(CLIP_MEAN, (int64_t[]){3, 1, 1}, 3, DR_F32, x->device, &mean);
-    if (st == DR_OK) st = dr_tensor_from_f64(CLIP_STD, (int64_t[]){3, 1, 1}, 3, DR_F32, x->device, &std);
-    if (st == DR_OK) st = dr_sub(y, mean, 1.0, &c);
-    if (st == DR_OK) st = dr_div(c, std, out);
-    dr_tensor_release(x);
-    dr_tensor_release(y);
-    dr_tensor_release(mean);
-    dr_tensor_release(std);
-    dr_tensor_release(c);
-    return st;
+    return nn_clip_preprocess(op, images, r->vit.cfg.image_size, out);
 }
 
 /* ---- scoring ------------------------------------------------------------------------ */
 /* (mlp(txt) - mean) / std, as [B] */
 static dr_status head_forward(const imagereward *r, const dr_tensor *txt, dr_tensor **out) {
-    dr_tensor *h = (dr_tensor *)txt, *t = NULL, *flat = NULL, *mean = NULL, *std = NULL;
-    dr_tensor_retain(h);
-    dr_status st = DR_OK;
-    for (int i = 0; i < IR_HEAD_LAYERS && st == DR_OK; i++) {
-        st = nn_linear_forward(&r->head[i], h, &t);
-        if (st == DR_OK) dr_swap(&h, t), t = NULL;
-    }
-    if (st == DR_OK) st = dr_tensor_reshape(h, (int64_t[]){h->sizes[0]}, 1, &flat);
+    dr_tensor *h = NULL, *t = NULL, *mean = NULL, *std = NULL;
+    dr_status st = nn_score_mlp_forward(&r->head, txt, &h);
     if (st == DR_OK) st = dr_tensor_full(NULL, 0, DR_F32, h->device, r->mean, &mean);
     if (st == DR_OK) st = dr_tensor_full(NULL, 0, DR_F32, h->device, r->std, &std);
-    if (st == DR_OK) st = dr_sub(flat, mean, 1.0, &t);
+    if (st == DR_OK) st = dr_sub(h, mean, 1.0, &t);
     if (st == DR_OK) st = dr_div(t, std, out);
     dr_tensor_release(t);
-    dr_tensor_release(flat);
     dr_tensor_release(mean);
     dr_tensor_release(std);
     dr_tensor_release(h);

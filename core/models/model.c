@@ -155,6 +155,8 @@ static const struct { const char *kind; builder_fn build; } builders[] = {
     {"vae", dr_vae_build},
     {"clip_text", dr_clip_text_build},
     {"imagereward", dr_imagereward_build},
+    {"clip", dr_clip_build},
+    {"aesthetic", dr_aesthetic_build},
 };
 
 void dr_model_free(dr_model *m) {
@@ -181,7 +183,7 @@ dr_status dr_model_create(const char *kind, const char *config_json, size_t len,
     for (size_t i = 0; i < sizeof builders / sizeof *builders; i++)
         if (strcmp(kind, builders[i].kind) == 0) build = builders[i].build;
     if (!build)
-        return dr_fail(DR_ERR_ARG, "model_create: unknown model kind '%s' (expected unet, vae, clip_text or imagereward)",
+        return dr_fail(DR_ERR_ARG, "model_create: unknown model kind '%s' (expected unet, vae, clip_text, imagereward, clip or aesthetic)",
                        kind);
     dr_model *m = calloc(1, sizeof *m);
     if (!m) return dr_fail(DR_ERR_OOM, "model_create: out of memory");
@@ -267,7 +269,8 @@ static const char *name_list_str(const name_list *l) {
 /* Checkpoint keys that are buffers, not parameters (transformers keeps
  * position_ids in older CLIP files, ImageReward.pt the BERT embeddings' one). */
 static bool ignorable_key(const dr_model *m, const char *key) {
-    if (strcmp(m->kind, "clip_text") == 0 || strcmp(m->kind, "imagereward") == 0) {
+    if (strcmp(m->kind, "clip_text") == 0 || strcmp(m->kind, "imagereward") == 0 ||
+        strcmp(m->kind, "clip") == 0) {
         size_t n = strlen(key);
         return n >= 12 && strcmp(key + n - 12, "position_ids") == 0;
     }
@@ -519,6 +522,13 @@ dr_status dr_cfg_str_list(const dr_model *m, const dr_json *cfg, const char *key
         out[i] = v->u.items[i].u.s;
     }
     *n = (int64_t)v->len;
+    return DR_OK;
+}
+
+dr_status dr_cfg_range(const dr_model *m, const char *key, int64_t v, int64_t lo, int64_t hi) {
+    if (v < lo || v > hi)
+        return dr_fail(DR_ERR_IO, "%s: config key '%s' = %lld is out of range [%lld, %lld]", m->context,
+                       key, (long long)v, (long long)lo, (long long)hi);
     return DR_OK;
 }
 

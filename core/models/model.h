@@ -85,6 +85,8 @@ dr_status dr_cfg_int_list(const dr_model *m, const dr_json *cfg, const char *key
 /* A list of strings: *n gets its length (at most cap). */
 dr_status dr_cfg_str_list(const dr_model *m, const dr_json *cfg, const char *key,
                           const char **out, int64_t cap, int64_t *n);
+/* A dr_fail unless lo <= v <= hi, naming the config key. */
+dr_status dr_cfg_range(const dr_model *m, const char *key, int64_t v, int64_t lo, int64_t hi);
 /* Errors when `key` is present with a value other than null / false / the given
  * string (dflt_str) — for options of the reference class this build does not do. */
 dr_status dr_cfg_require_default(const dr_model *m, const dr_json *cfg, const char *key,
@@ -96,6 +98,8 @@ dr_status dr_unet_build(dr_model *m, const dr_json *cfg);
 dr_status dr_vae_build(dr_model *m, const dr_json *cfg);
 dr_status dr_clip_text_build(dr_model *m, const dr_json *cfg);
 dr_status dr_imagereward_build(dr_model *m, const dr_json *cfg);  /* imagereward.c */
+dr_status dr_clip_build(dr_model *m, const dr_json *cfg);         /* clip_vision.c */
+dr_status dr_aesthetic_build(dr_model *m, const dr_json *cfg);    /* aesthetic.c */
 
 /* How a forward should checkpoint its blocks (nn_checkpoint's mode): 0 not at
  * all (off, or grad mode off); 1 blocks whose inputs require grad; 2 every

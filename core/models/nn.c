@@ -143,15 +143,20 @@ dr_status dr_model_add_lora(dr_model *m, int64_t rank, double alpha, const char 
 }
 
 /* ---- Conv2d, norms ---------------------------------------------------------------- */
-dr_status nn_conv_new(dr_model *m, nn_conv *c, int64_t in, int64_t out, int64_t kernel,
-                      int64_t stride, int64_t padding, const char *name) {
+dr_status nn_conv_new_nobias(dr_model *m, nn_conv *c, int64_t in, int64_t out, int64_t kernel,
+                             int64_t stride, int64_t padding, const char *name) {
     c->stride = stride;
     c->padding = padding;
-    double fan_in = (double)(in * kernel * kernel);
-    DR_TRY(dr_model_param_new(m, &c->weight, DR_INIT_FAN_IN, fan_in,
-                              (int64_t[]){out, in, kernel, kernel}, 4, "%s.weight", name));
-    return dr_model_param_new(m, &c->bias, DR_INIT_FAN_IN, fan_in, (int64_t[]){out}, 1, "%s.bias",
-                              name);
+    c->bias = NULL;
+    return dr_model_param_new(m, &c->weight, DR_INIT_FAN_IN, (double)(in * kernel * kernel),
+                              (int64_t[]){out, in, kernel, kernel}, 4, "%s.weight", name);
+}
+
+dr_status nn_conv_new(dr_model *m, nn_conv *c, int64_t in, int64_t out, int64_t kernel,
+                      int64_t stride, int64_t padding, const char *name) {
+    DR_TRY(nn_conv_new_nobias(m, c, in, out, kernel, stride, padding, name));
+    return dr_model_param_new(m, &c->bias, DR_INIT_FAN_IN, (double)(in * kernel * kernel), (int64_t[]){out},
+                              1, "%s.bias", name);
 }
 
 dr_status nn_conv_forward(const nn_conv *c, const dr_tensor *x, dr_tensor **out) {
@@ -182,6 +187,69 @@ dr_status nn_layer_norm_new(dr_model *m, nn_norm *n, int64_t dim, double eps, co
 dr_status nn_norm_forward(const nn_norm *n, const dr_tensor *x, dr_tensor **out) {
     if (n->groups > 0) return dr_group_norm(x, n->groups, n->weight, n->bias, n->eps, out, NULL, NULL);
     return dr_layer_norm(x, &n->dim, 1, n->weight, n->bias, n->eps, out, NULL, NULL);
+}
+
+/* ---- ViT embedding, score MLP ---------------------------------------------------------- */
+dr_status nn_vit_embed(const nn_conv *patch, const dr_tensor *cls, const dr_tensor *pos,
+                       const dr_tensor *x, dr_tensor **out) {
+    int64_t bsz = x->sizes[0], c = patch->weight->sizes[0];
+    dr_tensor *p = NULL, *tok = NULL, *cls_b = NULL, *cat = NULL;
+    dr_status st = nn_conv_forward(patch, x, &p);
+    if (st == DR_OK) st = nn_to_tokens(p, &tok);
+    dr_tensor_release(p);
+    if (st == DR_OK) st = dr_tensor_expand(cls, (int64_t[]){bsz, 1, c}, 3, &cls_b);
+    if (st == DR_OK) st = dr_cat((const dr_tensor *[]){cls_b, tok}, 2, 1, &cat);
+    dr_tensor_release(cls_b);
+    dr_tensor_release(tok);
+    if (st == DR_OK) st = dr_add(cat, pos, 1.0, out);
+    dr_tensor_release(cat);
+    return st;
+}
+
+dr_status nn_score_mlp_widths(const dr_model *m, const dr_json *cfg, const char *key, int64_t *widths) {
+    static const int64_t official[NN_SCORE_MLP_LAYERS - 1] = {1024, 128, 64, 16};
+    const dr_json *w = dr_json_get(cfg, key);
+    if (!w || w->type == DR_JSON_NULL) {
+        memcpy(widths, official, sizeof official);
+        return DR_OK;
+    }
+    if (w->type != DR_JSON_ARRAY)
+        return dr_fail(DR_ERR_IO, "%s: %s must be a list of 4 integers", m->context, key);
+    if (w->len != NN_SCORE_MLP_LAYERS - 1)
+        return dr_fail(DR_ERR_IO, "%s: %s has %zu entries, expected 4 (the MLP's hidden widths, 1024, "
+                       "128, 64, 16 in ImageReward and the aesthetic predictor)", m->context, key, w->len);
+    DR_TRY(dr_cfg_int_list(m, cfg, key, NN_SCORE_MLP_LAYERS - 1, 0, widths));
+    for (int i = 0; i < NN_SCORE_MLP_LAYERS - 1; i++)
+        if (widths[i] < 1 || widths[i] > (1 << 16))
+            return dr_fail(DR_ERR_IO, "%s: config key '%s[]' = %lld is out of range [1, 65536]", m->context,
+                           key, (long long)widths[i]);
+    return DR_OK;
+}
+
+dr_status nn_score_mlp_new(dr_model *m, nn_score_mlp *h, int64_t in, const int64_t *widths,
+                           const char *prefix) {
+    static const int index[NN_SCORE_MLP_LAYERS] = {0, 2, 4, 6, 7};
+    for (int i = 0; i < NN_SCORE_MLP_LAYERS; i++) {
+        int64_t out = i < NN_SCORE_MLP_LAYERS - 1 ? widths[i] : 1;
+        char name[320];
+        snprintf(name, sizeof name, "%s.%d", prefix, index[i]);
+        DR_TRY(nn_linear_new(m, &h->layers[i], in, out, true, name));
+        in = out;
+    }
+    return DR_OK;
+}
+
+dr_status nn_score_mlp_forward(const nn_score_mlp *h, const dr_tensor *x, dr_tensor **out) {
+    dr_tensor *y = (dr_tensor *)x, *t = NULL;
+    dr_tensor_retain(y);
+    dr_status st = DR_OK;
+    for (int i = 0; i < NN_SCORE_MLP_LAYERS && st == DR_OK; i++) {
+        st = nn_linear_forward(&h->layers[i], y, &t);
+        if (st == DR_OK) dr_swap(&y, t), t = NULL;
+    }
+    if (st == DR_OK) st = dr_tensor_reshape(y, (int64_t[]){y->sizes[0]}, 1, out);
+    dr_tensor_release(y);
+    return st;
 }
 
 dr_status nn_scale(const dr_tensor *x, double s, dr_tensor **out) {

@@ -69,6 +69,9 @@ dr_status nn_lora_target(dr_model *m, nn_linear *l, const char *name);
 
 dr_status nn_conv_new(dr_model *m, nn_conv *c, int64_t in, int64_t out, int64_t kernel,
                       int64_t stride, int64_t padding, const char *name);
+/* The same without a bias (CLIP's patch embedding). */
+dr_status nn_conv_new_nobias(dr_model *m, nn_conv *c, int64_t in, int64_t out, int64_t kernel,
+                             int64_t stride, int64_t padding, const char *name);
 dr_status nn_conv_forward(const nn_conv *c, const dr_tensor *x, dr_tensor **out);
 
 dr_status nn_group_norm_new(dr_model *m, nn_norm *n, int64_t groups, int64_t channels, double eps,
@@ -113,6 +116,32 @@ dr_status nn_transformer_forward(const nn_transformer *t, const dr_tensor *x,
  * [B, H W, C] -> [B, C, H, W] contiguous: the token layout of attention. */
 dr_status nn_to_tokens(const dr_tensor *x, dr_tensor **out);
 dr_status nn_to_image(const dr_tensor *x, int64_t h, int64_t w, dr_tensor **out);
+
+/* A ViT's input tokens: cat(cls expanded to [B, 1, C], patch(x) as [B, N, C]) + pos.
+ * cls [C] or [1, 1, C], pos [N + 1, C] or [1, N + 1, C] (CLIP's and BLIP's layouts). */
+dr_status nn_vit_embed(const nn_conv *patch, const dr_tensor *cls, const dr_tensor *pos,
+                       const dr_tensor *x, dr_tensor **out);
+
+/* The score MLP of ImageReward and of the LAION improved aesthetic predictor (the
+ * same class: Linear layers at nn.Sequential indices 0, 2, 4, 6, 7, Dropouts between
+ * them (identities at eval), no activations): in -> widths[0..3] -> 1. */
+enum { NN_SCORE_MLP_LAYERS = 5 };
+typedef struct nn_score_mlp {
+    nn_linear layers[NN_SCORE_MLP_LAYERS];
+} nn_score_mlp;
+/* prefix: the Sequential's name ("mlp.layers", "layers"); torch.nn's init. */
+dr_status nn_score_mlp_new(dr_model *m, nn_score_mlp *h, int64_t in, const int64_t *widths,
+                           const char *prefix);
+/* x [B, in] -> [B] */
+dr_status nn_score_mlp_forward(const nn_score_mlp *h, const dr_tensor *x, dr_tensor **out);
+/* The 4 hidden widths from config key `key` (a list; missing / null: the official
+ * 1024, 128, 64, 16); errors name the key. */
+dr_status nn_score_mlp_widths(const dr_model *m, const dr_json *cfg, const char *key, int64_t *widths);
+
+/* CLIP's image transform on float images [B, 3, H, W] in [0, 1] (clip_image.c):
+ * resize of the shorter side to `size` (antialiased bicubic), centre crop, CLIP
+ * normalisation -> [B, 3, size, size]. `op` starts error messages. */
+dr_status nn_clip_preprocess(const char *op, const dr_tensor *images, int64_t size, dr_tensor **out);
 
 /* x * s as a recorded op (a 0-d float32 factor). */
 dr_status nn_scale(const dr_tensor *x, double s, dr_tensor **out);

@@ -40,6 +40,7 @@ local function positive_int(op, key, v, default)
   end
   return v
 end
+M.positive_int = positive_int -- for clip.lua
 
 -- A function(prompts) -> input_ids, attention_mask from the tokenizer option.
 local function make_tokenize(op, tok, max_length)

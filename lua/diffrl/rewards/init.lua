@@ -208,6 +208,11 @@ function M.jpeg_incompressibility(opts) return M.get('jpeg_incompressibility', o
 -- ImageReward (issue 10): rewards.imagereward{ path =, tokenizer =, ... } (imagereward.lua)
 M.register('imagereward', require('diffrl.rewards.imagereward').imagereward)
 function M.imagereward(opts) return M.get('imagereward', opts) end
+-- CLIP score and the LAION aesthetic predictor (issue 10; clip.lua)
+M.register('clip_score', require('diffrl.rewards.clip').clip_score)
+M.register('aesthetic', require('diffrl.rewards.clip').aesthetic)
+function M.clip_score(opts) return M.get('clip_score', opts) end
+function M.aesthetic(opts) return M.get('aesthetic', opts) end
 
 -- ---- combining -----------------------------------------------------------------
 

@@ -27,11 +27,12 @@ local Model = {}
 Model.__index = Model
 
 local KINDS = { unet = true, vae = true, clip_text = true,
-                imagereward = true } -- reward_models.lua (issue 10)
+                imagereward = true, -- reward_models.lua (issue 10)
+                clip = true, aesthetic = true } -- clip_models.lua (issue 10)
 -- _class_name (diffusers) or architectures[1] (transformers) -> kind
 local CLASSES = {
   UNet2DConditionModel = 'unet', AutoencoderKL = 'vae',
-  CLIPTextModel = 'clip_text',
+  CLIPTextModel = 'clip_text', CLIPModel = 'clip',
 }
 
 local function check(status)
@@ -58,7 +59,7 @@ local model_box = ffi.new('dr_model*[1]')
 function M.Model(kind, config, opts)
   opts = opts or {}
   if not KINDS[kind] then
-    raise(('Model: unknown kind %s (expected unet, vae, clip_text or imagereward)'):format(tostring(kind)))
+    raise(('Model: unknown kind %s (expected unet, vae, clip_text, imagereward, clip or aesthetic)'):format(tostring(kind)))
   end
   if type(config) ~= 'string' then raise('Model: config must be the JSON text of a config.json') end
   local seed = opts.seed or 0

@@ -35,6 +35,7 @@ local function tensor_arg(x, op, what, optional)
   if not T.is_tensor(x) then raise(('%s: %s must be a tensor, got %s'):format(op, what, type(x))) end
   return x.ptr
 end
+M.tensor_arg = tensor_arg -- for clip_models.lua
 
 -- m:load_tensors({ name = tensor, ... } or { {name, tensor}, ... }[, opts]): the
 -- checks and report of m:load for tensors already in memory. opts: source (the name
