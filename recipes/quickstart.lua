@@ -28,7 +28,7 @@
 --   diffrl run recipes/quickstart.lua --resume runs/quickstart-...   # after Ctrl-C
 --   diffrl report runs/quickstart-...                          # report.html
 local dr = require 'diffrl'
-local shapes = require 'diffrl.shapes'
+local shapes_tasks = require 'diffrl.rewards.shapes_tasks'
 
 local root = debug.getinfo(1, 'S').source:match('^@(.*)/recipes/[^/]*$') or '.'
 local defaults = dofile(root .. '/configs/quickstart.lua')
@@ -53,61 +53,13 @@ local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {
   },
 }))
 
--- The preference rule's weights here: mostly what a viewer sees first (a clean
--- background, the subject centred and of a good size, as many objects as asked),
--- less the fine form of each shape, which a 32x32 model this small draws poorly.
-local PREFERENCE = { clean = 0.30, centred = 0.20, fill = 0.15, count = 0.15, crisp = 0.10, form = 0.05,
-                     colour = 0.05 }
-
--- A task's training prompts: the shapes stream itself, or its first n distinct
--- captions as a fixed list (shapes.prompts = n).
-local function training_prompts(cfg, opts)
-  local src = shapes.prompts(opts)
-  local n = cfg.shapes.prompts
-  if n == 0 then return src end
-  local list, seen = { shuffle = true, seed = opts.seed, name = opts.name }, {}
-  for _ = 1, 1000 * n do
-    local p = src:next(1)[1]
-    if not seen[p] then
-      seen[p] = true
-      list[#list + 1] = p
-      if #list == n then break end
-    end
-  end
-  return dr.prompts.list(list)
-end
-
+-- the tasks, their rewards and held-out prompts: diffrl.rewards.shapes_tasks (shared
+-- with `diffrl eval` and recipes/eval_shapes.lua)
 local function make_tasks(cfg)
-  local seed, mo = cfg.run.seed, cfg.shapes.max_objects
-  local all = {
-    composition = { name = 'composition',
-      prompts = training_prompts(cfg, { seed = seed, max_objects = mo, name = 'composition' }),
-      reward = dr.rewards.get('shapes_composition'), advantage = cfg.shapes.advantage,
-      heldout = shapes.heldout_prompts(cfg.shapes.heldout, seed, { max_objects = mo }) },
-    -- colour left open; trained on three kinds, held out on the fourth (an unseen
-    -- object, as the paper's fairness evaluation on unseen occupations). One score
-    -- per group: normalised over the batch, not within the group.
-    diversity = { name = 'diversity',
-      prompts = shapes.prompts { seed = seed + 1, max_objects = 1, open_color = true, name = 'diversity',
-                                 kinds = { 'circle', 'square', 'triangle' } },
-      reward = dr.rewards.get('shapes_diversity'), advantage = 'batch',
-      heldout = { 'a star', 'a small star', 'a large star', 'two stars' } },
-    preference = { name = 'preference',
-      prompts = training_prompts(cfg, { seed = seed + 2, max_objects = mo, name = 'preference' }),
-      reward = dr.rewards.get('shapes_preference', { weights = PREFERENCE }), advantage = cfg.shapes.advantage,
-      heldout = shapes.heldout_prompts(cfg.shapes.heldout, seed + 2, { max_objects = mo }) },
-  }
-  local tasks, seen = {}, {}
-  for _, name in ipairs(cfg.shapes.tasks) do
-    if not all[name] then
-      error(("quickstart: shapes.tasks: unknown task '%s' (tasks: composition, diversity, preference)")
-        :format(tostring(name)), 0)
-    end
-    if seen[name] then error(("quickstart: shapes.tasks names '%s' twice"):format(name), 0) end
-    seen[name] = true
-    tasks[#tasks + 1] = all[name]
-  end
-  if #tasks == 0 then error('quickstart: shapes.tasks is empty', 0) end
+  local ok, tasks = pcall(shapes_tasks.make, { names = cfg.shapes.tasks, seed = cfg.run.seed,
+                                               max_objects = cfg.shapes.max_objects, prompts = cfg.shapes.prompts,
+                                               advantage = cfg.shapes.advantage, heldout = cfg.shapes.heldout })
+  if not ok then error('quickstart: shapes.tasks: ' .. tostring(tasks):gsub('^shapes tasks: ', ''), 0) end
   return tasks
 end
 

@@ -11,7 +11,7 @@ local function no_args(name, args)
   return 2
 end
 
-M.order = { 'run', 'launch', 'sample', 'report', 'convert', 'repl', 'test', 'version', 'help' }
+M.order = { 'run', 'launch', 'sample', 'eval', 'report', 'convert', 'repl', 'test', 'version', 'help' }
 
 M.launch = {
   summary = 'run a recipe on N ranks with mpirun (data-parallel; under Slurm: srun diffrl run)',
@@ -37,6 +37,12 @@ M.sample = {
   summary = 'text-to-image from a diffusers Stable Diffusion folder (DDIM) to PNG',
   usage = require('diffrl.cli.sample').usage,
   run = function(args) return require('diffrl.cli.sample').run(args) end,
+}
+
+M.eval = {
+  summary = 'held-out numbers of models or of a run\'s checkpoints: same seeds, CIs, win rates, eval.html',
+  usage = require('diffrl.cli.eval').usage,
+  run = function(args) return require('diffrl.cli.eval').run(args) end,
 }
 
 M.report = {

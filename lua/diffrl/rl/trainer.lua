@@ -220,6 +220,19 @@ function Trainer:state()
   return { tensors = tensors, lua = lua }
 end
 
+-- Copies a checkpoint's <prefix><name> tensors (st: rundir.load_checkpoint) into the
+-- parameters of named ({ name, tensor } pairs from setup_model), or into opts.into[i];
+-- a missing one is an error naming opts.op, the folder opts.path and opts.hint.
+function M.load_params(named, st, prefix, opts)
+  core.no_grad(function()
+    for i, p in ipairs(named) do
+      local t = st.tensors[prefix .. p[1]]
+      if not t then raise(('%s: %s has no %s%s%s'):format(opts.op, opts.path, prefix, p[1], opts.hint or '')) end
+      (opts.into and opts.into[i] or p[2]):copy_(t)
+    end
+  end)
+end
+
 function Trainer:restore()
   local step, path
   if self.writer then step, path = self.run:latest_checkpoint() end
@@ -229,25 +242,14 @@ function Trainer:restore()
   end
   if not step then raise(('resume: %s has no checkpoint yet'):format(self.run_dir)) end
   local st = rundir.load_checkpoint(path)
-  core.no_grad(function()
-    for _, p in ipairs(self.named) do
-      local t = st.tensors['param.' .. p[1]]
-      if not t then raise(('resume: %s has no parameter %s'):format(path, p[1])) end
-      p[2]:copy_(t)
-    end
-  end)
+  M.load_params(self.named, st, 'param.', { op = 'resume', path = path })
   if st.tensors['adam.exp_avg'] then
     self.opt.state.flat = { exp_avg = st.tensors['adam.exp_avg']:clone(),
                             exp_avg_sq = st.tensors['adam.exp_avg_sq']:clone() }
   end
   if self.ema then
-    core.no_grad(function()
-      for i, p in ipairs(self.named) do
-        local t = st.tensors['ema.' .. p[1]]
-        if not t then raise(('resume: %s has no EMA of %s (was train.use_ema off?)'):format(path, p[1])) end
-        self.ema.shadow[i]:copy_(t)
-      end
-    end)
+    M.load_params(self.named, st, 'ema.', { op = 'resume', path = path, into = self.ema.shadow,
+                                           hint = ' (was train.use_ema off?)' })
   end
   local lua = st.lua
   self.opt.step_count = lua.adam_step
@@ -629,4 +631,6 @@ end
 function Trainer:train() return dist.guard(self.world, train, self) end
 
 M.Trainer = Trainer
+-- diffrl eval puts a checkpoint's tensors (M.load_params) on a pipeline set up as here
+M.setup_model = setup_model
 return M

@@ -136,10 +136,46 @@ local function shard_draw(op, fn, sh, n, s, opts)
   return t
 end
 
+-- Row generators (dr.row_generators{g1, ..., gB}, issue 12): a draw of [B, ...] gives
+-- row i as g_i alone draws [1, ...], and moves each g_i past its row. A row's noise
+-- then does not depend on the batch it is sampled in: diffrl eval gives the image of
+-- (prompt, seed s) in any batch, for every model alike, as `diffrl sample --seed s`.
+local Rows = {}
+Rows.__index = Rows
+local function is_rows(g) return getmetatable(g) == Rows end
+
+local function rows_draw(op, fn, rows, n, s, opts)
+  local b = n > 0 and tonumber(s[0]) or 0
+  if b ~= #rows.list then
+    raise(('%s: %d row generators for a draw of %d rows'):format(op, #rows.list, b))
+  end
+  local dtype, device = opt_dtype(opts), opt_device(opts)
+  local one = ffi.new('int64_t[?]', n)
+  for d = 0, n - 1 do one[d] = s[d] end
+  one[0] = 1
+  local out = take(C.dr_tensor_empty(s, n, dtype, device, out_box))
+  for i, g in ipairs(rows.list) do
+    out:narrow(1, i, 1):copy_(take(fn(one, n, dtype, device, g, out_box)))
+  end
+  return out
+end
+
+function M.row_generators(list)
+  if type(list) ~= 'table' or #list == 0 then
+    raise('row_generators: expected a non-empty list of dr.Generator, got ' .. type(list))
+  end
+  for i, g in ipairs(list) do
+    if not ffi.istype(gen_t, g) then raise(('row_generators: entry %d is not a dr.Generator'):format(i)) end
+  end
+  return setmetatable({ list = list }, Rows)
+end
+Rows.__tostring = function(r) return ('dr.row_generators (%d rows)'):format(#r.list) end
+
 -- dr.randn(sizes...[, {generator=, dtype=, device=}]): standard normal.
 function M.randn(...)
   local n, s, opts = sizes_from('randn', ...)
   if opts and is_shard(opts.generator) then return shard_draw('randn', C.dr_randn, opts.generator, n, s, opts) end
+  if opts and is_rows(opts.generator) then return rows_draw('randn', C.dr_randn, opts.generator, n, s, opts) end
   return take(C.dr_randn(s, n, opt_dtype(opts), opt_device(opts), generator_of(opts), out_box))
 end
 
@@ -147,6 +183,7 @@ end
 function M.rand(...)
   local n, s, opts = sizes_from('rand', ...)
   if opts and is_shard(opts.generator) then return shard_draw('rand', C.dr_rand, opts.generator, n, s, opts) end
+  if opts and is_rows(opts.generator) then return rows_draw('rand', C.dr_rand, opts.generator, n, s, opts) end
   return take(C.dr_rand(s, n, opt_dtype(opts), opt_device(opts), generator_of(opts), out_box))
 end
 

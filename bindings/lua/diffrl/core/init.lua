@@ -11,7 +11,7 @@ local M = {}
 
 M.Tensor, M.Size, M.is_tensor = T.Tensor, T.Size, T.is_tensor
 for _, k in ipairs { 'tensor', 'empty', 'zeros', 'ones', 'full', 'randn', 'rand',
-                     'Generator', 'manual_seed', 'default_generator' } do
+                     'Generator', 'manual_seed', 'default_generator', 'row_generators' } do
   M[k] = F[k]
 end
 for k, v in pairs(require 'diffrl.core.ops_shape') do M[k] = v end
@@ -30,6 +30,8 @@ for k, v in pairs(require 'diffrl.core.torch_load') do M[k] = v end
 for k, v in pairs(require 'diffrl.core.wordpiece') do M[k] = v end
 for _, k in ipairs { 'Model', 'load_model', 'is_model' } do M[k] = require('diffrl.core.models')[k] end
 M.load_imagereward = require('diffrl.core.reward_models').load_imagereward -- issue 10
+M.load_clip = require('diffrl.core.clip_models').load_clip
+M.load_aesthetic = require('diffrl.core.clip_models').load_aesthetic
 
 -- dtypes as torch spells them: dr.float32 == 'float32'
 for code = 0, #dtypes.names do M[dtypes.names[code]] = dtypes.names[code] end
