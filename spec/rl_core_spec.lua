@@ -331,6 +331,37 @@ describe('rl.core.kl_to_base: Schulman\'s estimators #binding', function()
   end)
 end)
 
+describe('rl.core.scale_negative #binding', function()
+  it('multiplies only the negative advantages, in a new list', function()
+    local adv = { -2, 0.5, 0, -1, 3 }
+    local out = core.scale_negative(adv, 0.25)
+    assert.are.same({ -0.5, 0.5, 0, -0.25, 3 }, out)
+    assert.are.same({ -2, 0.5, 0, -1, 3 }, adv)
+    assert.are.same({ 0, 0.5, 0, 0, 3 }, core.scale_negative(adv, 0))
+    assert.are.equal(adv, core.scale_negative(adv, 1))
+  end)
+
+  it('refuses a scale outside [0, 1]', function()
+    assert.matches('scale must be a number in %[0, 1%], got 2', h.error_of(core.scale_negative, { 1 }, 2))
+    assert.matches('got nan', h.error_of(core.scale_negative, { 1 }, 0 / 0))
+  end)
+end)
+
+describe('sampler.common.gaussian_kl: the analytic KL of two DDIM steps #binding', function()
+  local common = require 'diffrl.sampler.common'
+  it('is (mu - mu_base)^2 / (2 std^2) averaged per sample, 0 where std is 0, with gradient (mu - mu_base) / std^2',
+     function()
+    local mu = dr.tensor({ { 1, 2 }, { 0, 0 }, { 3, 3 } }):requires_grad_()
+    local base = dr.tensor { { 0, 0 }, { 1, -1 }, { 0, 0 } }
+    local kl = common.gaussian_kl(mu, base, { 0.5, 2, 0 })
+    -- sample 1: (1 + 4) / (2 * 0.25) / 2 = 5; sample 2: (1 + 1) / 8 / 2 = 0.125; sample 3: std 0
+    assert_list_close(kl:tolist(), { 5, 0.125, 0 }, 1e-6, 'kl')
+    kl:sum():backward()
+    -- d/dmu of mean_j (mu_j - b_j)^2 / (2 s^2) = (mu_j - b_j) / (s^2 * 2 elements)
+    assert_list_close(mu.grad:reshape({ 6 }):tolist(), { 2, 4, -0.125, 0.125, 0, 0 }, 1e-6, 'grad')
+  end)
+end)
+
 describe('rl.core.add_noise and pretrain_loss against diffusers #binding #golden', function()
   for _, name in ipairs { 'sd15', 'sd2v' } do
     it(name .. ': DDPMScheduler.add_noise, get_velocity and the MSE loss', function()
@@ -434,6 +465,24 @@ describe('rl.core.trajectory_step_loss: one PPO step on a sampled trajectory #bi
       end
     end)
   end
+
+  it("adds the analytic KL to the base: 0 for the same model, weight x KL for another", function()
+    local pipe = dr.pipeline.load(MODELS .. 'tiny-sd15')
+    local prompts = { 'a red circle', 'a blue square' }
+    local _, _, traj = pipe:sample { prompt = prompts, steps = 3, eta = 1, cfg = 4, seed = 3, keep_trajectory = true }
+    local function step(base, weight)
+      return core.trajectory_step_loss { unet = pipe.unet, scheduler = pipe.scheduler, trajectory = traj, index = 2,
+                                         advantages = { 1, -1 }, kl = { base = base, weight = weight, estimator = 'analytic' } }
+    end
+    local same = function(x, t, c) return pipe.unet:forward(x, t, c) end
+    local loss0, st0 = step(same, 10)
+    assert.are.equal(0, st0.kl)
+    assert.are.equal(0, loss0:item()) -- mean(-A * 1) = 0 for A = {1, -1}
+    local _, st1 = step(function(x, t, c) return pipe.unet:forward(x, t, c) * 0.9 end, 10)
+    assert.is_true(st1.kl > 0, 'kl ' .. st1.kl)
+    local loss2 = step(function(x, t, c) return pipe.unet:forward(x, t, c) * 0.9 end, 20)
+    assert.is_true(math.abs(loss2:item() - 20 * st1.kl) <= 1e-5 * (1 + 20 * st1.kl))
+  end)
 
   it('has the gradient in the noise prediction that finite differences give', function()
     local sched = dr.sampler.schedule.from_config(MODELS .. 'tiny-sd15'):set_timesteps(10)

@@ -134,6 +134,20 @@ function M.advantages(rewards, opts)
   return adv, { mean = mean, std = std, n_valid = n, n_nonfinite = #rs - n }
 end
 
+-- core.scale_negative(advantages, scale) -> advantages with each negative one
+-- multiplied by scale (a new list; scale 1 returns the list itself). scale 0 keeps
+-- only the push toward better-than-average samples: on small batches, lowering the
+-- likelihood of the worse ones is what drifts the model away (issue 7's runs).
+function M.scale_negative(adv, scale)
+  if type(scale) ~= 'number' or scale < 0 or scale > 1 or scale ~= scale then
+    raise(('scale_negative: scale must be a number in [0, 1], got %s'):format(tostring(scale)))
+  end
+  if scale == 1 then return adv end
+  local out = {}
+  for i, a in ipairs(adv) do out[i] = a < 0 and a * scale or a end
+  return out
+end
+
 -- ---- advantages: groups of the current batch (GRPO) -----------------------------------
 
 -- core.group_advantages(rewards, group_ids, opts) -> advantages, info
@@ -579,7 +593,11 @@ end
 --   advantages   [B] tensor or list; clip_range, reduction: as ppo_loss
 --   kl           optional { base = a frozen base UNet or model function, weight =
 --                beta, estimator = 'k3' }: adds beta * mean(kl_to_base) with the base
---                model's log-prob of the same x_{t-1} (computed without gradients)
+--                model's log-prob of the same x_{t-1} (computed without gradients);
+--                estimator = 'analytic': beta * mean(common.gaussian_kl) of the two
+--                steps' means instead, (mu - mu_base)^2 / (2 std^2) per element, whose
+--                gradient pulls the step back toward the base's (the sample estimators'
+--                gradients on the policy's own samples are zero in expectation)
 -- stats: ppo_loss's, plus log_prob (the recomputed [B], detached), t, and kl (the
 -- mean estimate) with the penalty.
 local STEP_ARGS = { model = true, unet = true, scheduler = true, trajectory = true, traj = true,
@@ -629,7 +647,7 @@ function M.trajectory_step_loss(a)
   if cond == nil then raise(op .. ': cond (the prompt embeddings sampling used) is required') end
   return autograd.enable_grad(function()
     local pred = sampler_cfg.predict(model, x_t, t, cond, uncond, guidance)
-    local _, _, lp = ddim.step(sched, pred, t, x_t, { eta = eta, prev_sample = x_prev })
+    local _, _, lp, mean, std = ddim.step(sched, pred, t, x_t, { eta = eta, prev_sample = x_prev })
     local loss, st = M.ppo_loss(lp, lp_old, a.advantages,
                                 { clip_range = a.clip_range, reduction = a.reduction })
     st.log_prob, st.t = lp:detach(), t
@@ -640,12 +658,17 @@ function M.trajectory_step_loss(a)
         base = function(x, tt, c) return unet:forward(x, tt, c) end
       end
       if type(base) ~= 'function' then raise(op .. ': kl.base must be a UNet or a model function') end
-      local lp_base = autograd.no_grad(function()
+      local lp_base, mean_base = autograd.no_grad(function()
         local bpred = sampler_cfg.predict(base, x_t, t, cond, uncond, guidance)
-        local _, _, blp = ddim.step(sched, bpred, t, x_t, { eta = eta, prev_sample = x_prev })
-        return blp
+        local _, _, blp, bmean = ddim.step(sched, bpred, t, x_t, { eta = eta, prev_sample = x_prev })
+        return blp, bmean
       end)
-      local kl = M.kl_to_base(lp, lp_base, { estimator = a.kl.estimator }):mean()
+      local kl
+      if a.kl.estimator == 'analytic' then -- the two steps' Gaussians: a true restoring force
+        kl = common.gaussian_kl(mean, mean_base, std):mean()
+      else
+        kl = M.kl_to_base(lp, lp_base, { estimator = a.kl.estimator }):mean()
+      end
       st.kl = kl:item()
       loss = loss + kl * (a.kl.weight or 0)
     end

@@ -25,6 +25,9 @@ return config.schema(config.merge(config.common(), {
                    doc = 'importance-ratio clip: ratio kept in [1 - eps, 1 + eps] (YAML: clip_range)' },
     adv_clip_max = { type = 'number', default = 10, min = 0,
                      doc = 'advantages clamped to [-max, max] after normalization (YAML: ADV_CLIP_MAX)' },
+    negative_advantage_scale = { type = 'number', default = 1, min = 0, max = 1,
+                                 doc = 'negative advantages are multiplied by this: 1 as the paper; 0 only '
+                                       .. 'raises the likelihood of better-than-average samples' },
     timestep_count = { type = 'integer', default = 5, min = 1,
                        doc = 'denoising steps drawn at random per iteration, one optimizer step each (YAML: n_train_steps)' },
     inner_epochs = { type = 'integer', default = 1, min = 1,
@@ -52,8 +55,9 @@ return config.schema(config.merge(config.common(), {
     use_ema = { type = 'boolean', default = false, doc = 'keep an EMA of the trained weights (YAML: use_ema)' },
     kl_weight = { type = 'number', default = 0, min = 0,
                   doc = 'beta of a KL penalty to the starting UNet (a frozen copy); 0 = off, as the paper' },
-    kl_estimator = { type = 'string', default = 'k3', choices = { 'k1', 'k2', 'k3' },
-                     doc = "KL estimator (Schulman): 'k3' (GRPO's), 'k2' (its gradient is KL's), 'k1'" },
+    kl_estimator = { type = 'string', default = 'k3', choices = { 'k1', 'k2', 'k3', 'analytic' },
+                     doc = "KL estimator (Schulman): 'k3' (GRPO's), 'k2' (its gradient is KL's), 'k1'; "
+                           .. "'analytic': the closed-form KL of the two steps' Gaussians" },
     ema_decay = { type = 'number', default = 0.9999, min = 0, max = 1,
                   doc = 'EMA decay per optimizer step, with use_ema (not in the YAML)' },
   },

@@ -385,6 +385,7 @@ function Trainer:train_task(task, metrics)
   else
     adv, ainfo = rl.advantages(scores, { clip = cfg.train.adv_clip_max })
   end
+  adv = rl.scale_negative(adv, cfg.train.negative_advantage_scale)
   if R > 1 then -- this rank's rows
     adv, prompts = dist.slice(adv, self.rank, R), traj.prompts
   end

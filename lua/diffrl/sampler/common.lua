@@ -112,25 +112,47 @@ local LOG_SQRT_2PI = f32(math.log(f32(math.sqrt(f32(2 * f32(math.pi))))))
 -- float32 and then the mean over every dim but the batch: [B]. stds: one float32
 -- per sample; a sample with std 0 (a deterministic step) scores 0.
 --   log_prob = -(prev - mean)^2 / (2 std^2) - log(std) - log(sqrt(2 pi))
-function M.gaussian_log_prob(prev, mean, stds)
-  local b, ndim = #stds, prev.ndim
+-- Per-sample 2 std^2, log std and a 0/1 mask of the samples with std > 0 (a zero
+-- std is replaced by 1 so nothing divides by 0; the mask zeroes those samples).
+local function variance_terms(stds)
   local two_var, log_std, keep, any_zero = {}, {}, {}, false
-  for i = 1, b do
+  for i = 1, #stds do
     local s = stds[i]
     if s == 0 then s, any_zero = 1, true end
     two_var[i] = f32(2 * f32(s * s))
     log_std[i] = f32(math.log(s))
     keep[i] = stds[i] == 0 and 0 or 1
   end
+  return two_var, log_std, keep, any_zero
+end
+
+-- x [B, ...] averaged over every dim but the batch, then masked.
+local function per_sample_mean(x, keep, any_zero)
+  local dims = {}
+  for k = 2, x.ndim do dims[#dims + 1] = k end
+  if #dims > 0 then x = x:mean(dims) end
+  if any_zero then x = x * F.tensor(keep) end
+  return x
+end
+
+function M.gaussian_log_prob(prev, mean, stds)
+  local two_var, log_std, keep, any_zero = variance_terms(stds)
+  local ndim = prev.ndim
   local d = prev:detach() - mean
   local lp = (d * d) / M.coef(two_var, ndim)
   lp = (-lp) - M.coef(log_std, ndim)
   lp = lp - LOG_SQRT_2PI
-  local dims = {}
-  for k = 2, ndim do dims[#dims + 1] = k end
-  if #dims > 0 then lp = lp:mean(dims) end
-  if any_zero then lp = lp * F.tensor(keep) end
-  return lp
+  return per_sample_mean(lp, keep, any_zero)
+end
+
+-- gaussian_kl(mean, mean_base, stds) -> [B]: KL(N(mean, std^2) || N(mean_base, std^2))
+-- per element, averaged over every dim but the batch as gaussian_log_prob averages:
+-- (mean - mean_base)^2 / (2 std^2). Differentiable in mean (mean_base is detached);
+-- samples with std 0 give 0.
+function M.gaussian_kl(mean, mean_base, stds)
+  local two_var, _, keep, any_zero = variance_terms(stds)
+  local d = mean - mean_base:detach()
+  return per_sample_mean((d * d) / M.coef(two_var, mean.ndim), keep, any_zero)
 end
 
 M.f32 = f32

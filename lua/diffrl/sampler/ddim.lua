@@ -14,7 +14,8 @@
 --               log-probability of the stored action under the current model);
 --               it is returned as prev_sample. Needs eta > 0.
 -- Returns prev_sample, pred_original_sample and log_prob [B] (nil when eta = 0: a
--- deterministic step has no density).
+-- deterministic step has no density), then the step's mean and its per-sample std
+-- (a list; for an analytic KL between two models' steps: common.gaussian_kl).
 --
 -- prev_sample and pred_original_sample are diffusers' DDIMScheduler.step
 -- (use_clipped_model_output = False): prev timestep t - T // n, alphas_cumprod of it
@@ -83,7 +84,7 @@ function M.step(sched, model_output, t, x_t, opts)
   local x0, eps = common.predict_original(sched, model_output, x_t, coef(c.sqrt_a, ndim),
                                           coef(c.sqrt_b, ndim), true)
   local mean = scale(x0, coef(c.sqrt_a_prev, ndim)) + scale(eps, coef(c.dir, ndim))
-  if eta == 0 then return mean, x0, nil end
+  if eta == 0 then return mean, x0, nil, mean, c.std end
 
   local prev = opts.prev_sample
   if prev ~= nil then
@@ -100,7 +101,7 @@ function M.step(sched, model_output, t, x_t, opts)
     end
     prev = mean + scale(noise, coef(c.std, ndim))
   end
-  return prev, x0, common.gaussian_log_prob(prev, mean, c.std)
+  return prev, x0, common.gaussian_log_prob(prev, mean, c.std), mean, c.std
 end
 
 -- The previous timestep diffusers' DDIM uses after t (may be negative: final alpha).
