@@ -13,24 +13,14 @@ local dr = require 'diffrl'
 local cjson = require 'cjson'
 local cm = require 'diffrl.core.clip_models'
 
-local now = dofile((arg[0]:match('^(.*)/[^/]*$') or '.') .. '/clock.lua')
+local here = arg[0]:match('^(.*)/[^/]*$') or '.'
+local H = dofile(here .. '/harness.lua')
 local threads = tonumber(arg[1]) or dr.get_num_threads()
 local repeats = tonumber(arg[2]) or 3
 local batch = tonumber(arg[3]) or 4
 dr.set_num_threads(threads)
 
-local function timed(f)
-  f()
-  local walls = {}
-  for i = 1, repeats do
-    collectgarbage()
-    local t0 = now()
-    f()
-    walls[i] = now() - t0
-  end
-  table.sort(walls)
-  return walls[math.floor((#walls + 1) / 2)]
-end
+local function timed(f) return (H.timed(repeats, f)) end
 
 local function clip(arch)
   local cfg = cm.open_clip_to_clip_config(cm.OPEN_CLIP_CONFIGS[arch], arch, true)
@@ -62,13 +52,7 @@ dr.no_grad(function()
   order[#order + 1] = 'clip_score'
 end)
 
-local here = arg[0]:match('^(.*)/[^/]*$') or '.'
-local pipe = io.popen(('python3 %s/clip_bench_torch.py %d %d %d 2>&1'):format(here, threads, repeats, batch))
-local text = pipe:read('*a')
-pipe:close()
-local ok, torch = pcall(function() return cjson.decode(text:match('{.*}')) end)
-if not ok then torch = {}; print('PyTorch comparison unavailable: ' .. text:sub(1, 300)) end
-
+local torch = H.run_torch(here .. '/clip_bench_torch.py', threads, repeats, tostring(batch))
 print(('%d thread(s), batch %d, median of %d'):format(threads, batch, repeats))
 print(('| %-28s | %12s | %12s | %7s |'):format('reward', 'diffrl img/s', 'torch img/s', 'ratio'))
 print('|' .. ('-'):rep(30) .. '|' .. ('-'):rep(14) .. '|' .. ('-'):rep(14) .. '|' .. ('-'):rep(9) .. '|')

@@ -71,6 +71,8 @@ Options:
 Exit codes: 0 ok, 1 an error (the message names the model, file or reward), 2 a
 usage error.]]
 
+local options = require 'diffrl.cli.options'
+
 local NUMERIC = { steps = 'int', cfg = 'num', eta = 'num', seed = 'int', height = 'int', width = 'int',
                   batch = 'int', threads = 'int', seeds = 'int', every = 'int', bootstrap = 'int',
                   ['bootstrap-seed'] = 'int', ['html-rows'] = 'int' }
@@ -92,38 +94,9 @@ local function split_list(s)
 end
 
 function M.parse(args)
-  local o = { prompts = {}, ['reward-opt'] = {} }
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local key, value = a:match('^%-%-([%w_-]+)=(.*)$')
-    if not key then key = a:match('^%-%-([%w_-]+)$') end
-    if a == '-o' then key = 'output' end
-    if a == '-h' then key = 'help' end
-    if not key then return nil, ("unexpected argument '%s'"):format(a) end
-    if FLAG[key] then
-      if value ~= nil then return nil, ('--%s takes no value'):format(key) end
-      o[key] = true
-    elseif NUMERIC[key] or STRING[key] or LIST[key] then
-      if value == nil then
-        i = i + 1
-        value = args[i]
-        if value == nil then return nil, ('option --%s needs a value'):format(key) end
-      end
-      if NUMERIC[key] then
-        local n = tonumber(value)
-        if not n or (NUMERIC[key] == 'int' and n % 1 ~= 0) then
-          return nil, ("--%s expects %s, got '%s'"):format(key,
-            NUMERIC[key] == 'int' and 'an integer' or 'a number', value)
-        end
-        value = n
-      end
-      if LIST[key] then table.insert(o[key], value) else o[key] = value end
-    else
-      return nil, ("unknown option '%s'"):format(a)
-    end
-    i = i + 1
-  end
+  local o, err = options.parse(args, { numeric = NUMERIC, string = STRING, list = LIST, flag = FLAG,
+                                       short = { o = 'output', h = 'help' } })
+  if not o then return nil, err end
   if o.help then return o end
   if not o.output then return nil, 'missing -o DIR' end
   if not o.model and not o.run then return nil, 'missing --model A (or --run RUN_DIR)' end

@@ -28,6 +28,8 @@ Options:
 The same seed gives the same image in diffrl every time (Philox noise); it is not
 the image PyTorch's generator would give for that seed.]]
 
+local options = require 'diffrl.cli.options'
+
 local NUMERIC = { steps = 'int', cfg = 'num', eta = 'num', seed = 'int', height = 'int',
                   width = 'int', batch = 'int', threads = 'int' }
 local STRING = { model = true, prompt = true, negative = true, variant = true, output = true }
@@ -38,36 +40,9 @@ local function usage_error(msg)
 end
 
 function M.parse(args)
-  local o = { separate = false }
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local key, value = a:match('^%-%-([%w_-]+)=(.*)$')
-    if not key then key = a:match('^%-%-([%w_-]+)$') end
-    if a == '-o' then key = 'output' end
-    if not key then return nil, ("unexpected argument '%s'"):format(a) end
-    if key == 'separate' then
-      o.separate = true
-    elseif NUMERIC[key] or STRING[key] then
-      if value == nil then
-        i = i + 1
-        value = args[i]
-        if value == nil then return nil, ("option --%s needs a value"):format(key) end
-      end
-      if NUMERIC[key] then
-        local n = tonumber(value)
-        if not n or (NUMERIC[key] == 'int' and n % 1 ~= 0) then
-          return nil, ("--%s expects %s, got '%s'"):format(key,
-            NUMERIC[key] == 'int' and 'an integer' or 'a number', value)
-        end
-        value = n
-      end
-      o[key] = value
-    else
-      return nil, ("unknown option '%s'"):format(a)
-    end
-    i = i + 1
-  end
+  local o, err = options.parse(args, { numeric = NUMERIC, string = STRING, flag = { separate = true },
+                                       short = { o = 'output' } }, { separate = false })
+  if not o then return nil, err end
   if not o.model then return nil, 'missing --model DIR' end
   if not o.prompt then return nil, 'missing --prompt TEXT' end
   for _, k in ipairs { 'steps', 'batch', 'threads', 'height', 'width' } do

@@ -58,13 +58,7 @@ local function num_cell(x, class)
   return ('<td class="n%s" data-v="%s">%s</td>'):format(class and (' ' .. class) or '', v, fmt(x))
 end
 
-local function read_bytes(path)
-  local f = io.open(path, 'rb')
-  if not f then return nil end
-  local s = f:read('*a')
-  f:close()
-  return s
-end
+local read_bytes = require('diffrl.rundir')._fs.read_file
 
 -- budget.left: bytes of PNG still to embed; past it, a cell links the file instead
 -- (the page stays small enough to open; the link works beside DIR/images/).

@@ -33,28 +33,14 @@
 -- clip_image.c), not PIL's uint8 path: scores differ from the packages' on a PIL image
 -- by the rounding of the resized pixels (measured in spec/clip_reward_spec.lua).
 local api = require 'diffrl.core.ffi'
-local T = require 'diffrl.core.tensor'
-local autograd = require 'diffrl.core.autograd'
+local batched = require 'diffrl.rewards.batched'
 local clip_models = require 'diffrl.core.clip_models'
 local models = require 'diffrl.core.models'
 
 local raise, check_options = api.raise, api.check_options
 local M = {}
 
-local positive_int = require('diffrl.rewards.imagereward').positive_int
-
-local function check_images(op, images, prompts, need_prompts)
-  if not T.is_tensor(images) or images.ndim ~= 4 then
-    raise(op .. ': images must be a tensor [B, 3, H, W] in [0, 1]')
-  end
-  local n = images:size(1)
-  if need_prompts and (type(prompts) ~= 'table' or #prompts ~= n) then
-    raise(('%s: expected %d prompts for %d images'):format(op, n, n))
-  end
-  local x = images:detach()
-  if x.is_cuda then x = x:to { device = 'cpu' } end
-  return x, n
-end
+local positive_int = batched.positive_int
 
 local function load_clip(op, path, model, opts)
   if model ~= nil then
@@ -106,31 +92,15 @@ function M.clip_score(opts)
   end
   local tokenize = make_tokenize(op, opts.tokenizer, opts.path, max_length)
   return function(images, prompts)
-    local x, n = check_images(op, images, prompts, true)
-    local scores = {}
-    autograd.no_grad(function()
-      for first = 1, n, batch do
-        local count = math.min(batch, n - first + 1)
-        local part = {}
-        for i = 1, count do part[i] = prompts[first + i - 1] end
-        local ids = tokenize(part)
-        if not T.is_tensor(ids) or ids.ndim ~= 2 or ids:size(1) ~= count then
-          raise(('%s: the tokenizer returned %s for %d prompts (expected int64 ids [%d, L])')
-            :format(op, T.is_tensor(ids) and ('[' .. table.concat(ids.shape, ', ') .. ']') or type(ids),
-              count, count))
-        end
-        local px = model:clip_preprocess(x:narrow(1, first, count))
+    return batched.score(op, images, prompts, { batch = batch, need_prompts = true, tokenize = tokenize },
+      function(x, ids)
+        local px = model:clip_preprocess(x)
         local fi, ft = model:clip_image_features(px), model:clip_text_features(ids)
-        local cos = (fi * ft):sum(2) / ((fi * fi):sum(2) * (ft * ft):sum(2)):sqrt()
-        local list = cos:tolist()
-        for i = 1, count do
-          local s = scale * list[i]
-          scores[first + i - 1] = clamp and math.max(s, 0) or s
-        end
         px:free()
-      end
-    end)
-    return scores
+        local cos = ((fi * ft):sum(2) / ((fi * fi):sum(2) * (ft * ft):sum(2)):sqrt()):tolist()
+        for i, c in ipairs(cos) do cos[i] = clamp and math.max(scale * c, 0) or scale * c end
+        return cos
+      end)
   end
 end
 
@@ -166,20 +136,12 @@ function M.aesthetic(opts)
       :format(op, tostring(mlp.path), want, mlp:param('layers.0.weight'):size(1), want, tostring(clip.path), dim))
   end
   return function(images)
-    local x, n = check_images(op, images)
-    local scores = {}
-    autograd.no_grad(function()
-      for first = 1, n, batch do
-        local count = math.min(batch, n - first + 1)
-        local px = clip:clip_preprocess(x:narrow(1, first, count))
-        local s = mlp:aesthetic_forward(clip:clip_image_features(px))
-        local list = s:tolist()
-        for i = 1, count do scores[first + i - 1] = list[i] end
-        px:free()
-        s:free()
-      end
+    return batched.score(op, images, nil, { batch = batch }, function(x)
+      local px = clip:clip_preprocess(x)
+      local s = mlp:aesthetic_forward(clip:clip_image_features(px))
+      px:free()
+      return s
     end)
-    return scores
   end
 end
 

@@ -23,8 +23,7 @@
 -- resized on float data (torch's antialiased bicubic, see imagereward.c), not PIL's
 -- uint8 path: scores differ from the package's on a PIL image by ~1e-4 to 1e-3.
 local api = require 'diffrl.core.ffi'
-local T = require 'diffrl.core.tensor'
-local autograd = require 'diffrl.core.autograd'
+local batched = require 'diffrl.rewards.batched'
 local reward_models = require 'diffrl.core.reward_models'
 
 local raise, check_options = api.raise, api.check_options
@@ -33,14 +32,7 @@ local M = {}
 local OPTIONS = { path = true, med_config = true, tokenizer = true, batch_size = true, max_length = true,
                   vision_config = true, mlp_widths = true, model = true }
 
-local function positive_int(op, key, v, default)
-  if v == nil then return default end
-  if type(v) ~= 'number' or v % 1 ~= 0 or v < 1 then
-    raise(('%s: %s must be a positive integer, got %s'):format(op, key, tostring(v)))
-  end
-  return v
-end
-M.positive_int = positive_int -- for clip.lua
+local positive_int = batched.positive_int
 
 -- A function(prompts) -> input_ids, attention_mask from the tokenizer option.
 local function make_tokenize(op, tok, max_length)
@@ -74,36 +66,13 @@ function M.imagereward(opts)
       med_config = opts.med_config, vision_config = opts.vision_config, mlp_widths = opts.mlp_widths })
   end
   return function(images, prompts)
-    if not T.is_tensor(images) or images.ndim ~= 4 then
-      raise(op .. ': images must be a tensor [B, 3, H, W] in [0, 1]')
-    end
-    local n = images:size(1)
-    if type(prompts) ~= 'table' or #prompts ~= n then
-      raise(('%s: expected %d prompts for %d images'):format(op, n, n))
-    end
-    local scores = {}
-    autograd.no_grad(function()
-      local x = images:detach()
-      if x.is_cuda then x = x:to { device = 'cpu' } end
-      for first = 1, n, batch do
-        local count = math.min(batch, n - first + 1)
-        local part = {}
-        for i = 1, count do part[i] = prompts[first + i - 1] end
-        local ids, mask = tokenize(part)
-        if not T.is_tensor(ids) or ids.ndim ~= 2 or ids:size(1) ~= count then
-          raise(('%s: the tokenizer returned %s for %d prompts (expected int64 ids [%d, L])')
-            :format(op, T.is_tensor(ids) and ('[' .. table.concat(ids.shape, ', ') .. ']') or type(ids),
-              count, count))
-        end
-        local px = model:imagereward_preprocess(x:narrow(1, first, count))
+    return batched.score(op, images, prompts, { batch = batch, need_prompts = true, tokenize = tokenize },
+      function(x, ids, mask)
+        local px = model:imagereward_preprocess(x)
         local s = model:imagereward_forward(px, ids, mask)
-        local list = s:tolist()
-        for i = 1, count do scores[first + i - 1] = list[i] end
         px:free()
-        s:free()
-      end
-    end)
-    return scores
+        return s
+      end)
   end
 end
 
