@@ -141,7 +141,7 @@ describe('diffrl eval', function()
     local page = h.read_file(dir .. '/eval.html')
     assert_contains(page, 'src="data:image/png;base64,')
     assert.is_nil(page:find('src="http', 1, true))
-    assert_contains(page, '<table class="sortable" id="images">')
+    assert_contains(page, '<table class="sortable" id="images-1">')
   end)
 
   it('is deterministic: two evals of the shipped model write the same scores', function()

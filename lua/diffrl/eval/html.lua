@@ -152,9 +152,10 @@ function M.render(s, rows, o)
             #s.group_rewards > 0 and ' SP: statistical parity (= -score of the group reward), one value per prompt; lower is fairer.' or ''))
   add(summary_tables(s))
   if s.curve then add(curve_section(s)) end
-  -- the images: one row per (set, prompt, seed), one image column per model
+  -- the images: one table per prompt set, one row per (prompt, seed), one image column
+  -- per model, then the scores of the rewards that set was scored with
   local by_key, keys = {}, {}
-  local rewards_seen, reward_order = {}, {}
+  local set_rewards, set_reward_order = {}, {}
   for _, r in ipairs(rows) do
     local k = r.set .. '\0' .. r.prompt .. '\0' .. r.seed
     if not by_key[k] then
@@ -162,54 +163,70 @@ function M.render(s, rows, o)
       keys[#keys + 1] = { key = k, set = r.set, prompt = r.prompt, seed = r.seed, index = r.prompt_index or 0 }
     end
     by_key[k][r.model] = r
-    for name in pairs(r.scores or {}) do
-      if not rewards_seen[name] then rewards_seen[name] = true; reward_order[#reward_order + 1] = name end
+    local seen = set_rewards[r.set] or {}
+    set_rewards[r.set] = seen
+    set_reward_order[r.set] = set_reward_order[r.set] or {}
+    for name, v in pairs(r.scores or {}) do
+      if not seen[name] and stats.finite(v) then
+        seen[name] = true
+        table.insert(set_reward_order[r.set], name)
+      end
     end
   end
-  table.sort(reward_order)
   table.sort(keys, function(x, y)
     if x.index ~= y.index then return x.index < y.index end
     return x.seed < y.seed
   end)
-  add(('<h2>Images (%d of %d prompt-seed pairs)</h2>'):format(math.min(#keys, max_rows), #keys))
+  local shown = math.min(#keys, max_rows)
+  add(('<h2>Images (%d of %d prompt-seed pairs)</h2>'):format(shown, #keys))
   if #models == 2 then
     add('<p class="note">A | B with the same initial noise. Δ = A - B; click a column head to sort.</p>')
   end
-  add('<table class="sortable" id="images"><thead><tr><th>set</th><th>prompt</th><th>seed</th>')
-  for _, label in ipairs(models) do add(('<th>%s</th>'):format(esc(label))) end
-  for _, name in ipairs(reward_order) do
-    for _, label in ipairs(models) do add(('<th>%s<br>%s</th>'):format(esc(name), esc(label))) end
-    if #models == 2 then add(('<th>%s<br>Δ</th>'):format(esc(name))) end
-  end
-  add('</tr></thead><tbody>')
-  for i = 1, math.min(#keys, max_rows) do
+  local sets, set_keys = {}, {}
+  for i = 1, shown do
     local k = keys[i]
-    local cells = by_key[k.key]
-    add(('<tr><td>%s</td><td>%s</td><td class="n" data-v="%d">%d</td>'):format(esc(k.set), esc(k.prompt), k.seed, k.seed))
-    for _, label in ipairs(models) do
-      local r = cells[label]
-      add(r and image_cell(dir, r.image, ('%s: %s (seed %d)'):format(label, k.prompt, k.seed), budget) or '<td>-</td>')
-    end
-    for _, name in ipairs(reward_order) do
-      local vals = {}
-      for j, label in ipairs(models) do
-        local r = cells[label]
-        vals[j] = r and r.scores and r.scores[name]
-      end
-      for j = 1, #models do
-        local class
-        if #models == 2 and stats.finite(vals[1]) and stats.finite(vals[2]) and vals[1] ~= vals[2] then
-          class = (vals[j] == math.max(vals[1], vals[2])) and 'better' or 'worse'
-        end
-        add(num_cell(vals[j] or 0 / 0, class))
-      end
-      if #models == 2 then
-        add(num_cell((vals[1] and vals[2]) and vals[1] - vals[2] or 0 / 0))
-      end
-    end
-    add('</tr>')
+    if not set_keys[k.set] then set_keys[k.set] = {}; sets[#sets + 1] = k.set end
+    table.insert(set_keys[k.set], k)
   end
-  add('</tbody></table>')
+  for si, set in ipairs(sets) do
+    local reward_order = set_reward_order[set]
+    table.sort(reward_order)
+    add(('<h3>%s</h3>'):format(esc(set)))
+    add(('<table class="sortable" id="images-%d"><thead><tr><th>prompt</th><th>seed</th>'):format(si))
+    for _, label in ipairs(models) do add(('<th>%s</th>'):format(esc(label))) end
+    for _, name in ipairs(reward_order) do
+      for _, label in ipairs(models) do add(('<th>%s<br>%s</th>'):format(esc(name), esc(label))) end
+      if #models == 2 then add(('<th>%s<br>Δ</th>'):format(esc(name))) end
+    end
+    add('</tr></thead><tbody>')
+    for _, k in ipairs(set_keys[set]) do
+      local cells = by_key[k.key]
+      add(('<tr><td>%s</td><td class="n" data-v="%d">%d</td>'):format(esc(k.prompt), k.seed, k.seed))
+      for _, label in ipairs(models) do
+        local r = cells[label]
+        add(r and image_cell(dir, r.image, ('%s: %s (seed %d)'):format(label, k.prompt, k.seed), budget) or '<td>-</td>')
+      end
+      for _, name in ipairs(reward_order) do
+        local vals = {}
+        for j, label in ipairs(models) do
+          local r = cells[label]
+          vals[j] = r and r.scores and r.scores[name]
+        end
+        for j = 1, #models do
+          local class
+          if #models == 2 and stats.finite(vals[1]) and stats.finite(vals[2]) and vals[1] ~= vals[2] then
+            class = (vals[j] == math.max(vals[1], vals[2])) and 'better' or 'worse'
+          end
+          add(num_cell(vals[j] or 0 / 0, class))
+        end
+        if #models == 2 then
+          add(num_cell((vals[1] and vals[2]) and vals[1] - vals[2] or 0 / 0))
+        end
+      end
+      add('</tr>')
+    end
+    add('</tbody></table>')
+  end
   if budget.linked > 0 then
     add(('<p class="note">%d images past the %g MB of inline images are linked (images/ beside this page), ' ..
          'not embedded.</p>'):format(budget.linked, (o.max_image_bytes or 48e6) / 1e6))
