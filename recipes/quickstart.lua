@@ -15,13 +15,16 @@
 -- training stream never draws) are scored before training and at the end with
 -- the same noise; the table at the end and `diffrl report RUN_DIR` show both.
 --
--- Status (issue 7, open): the run works end to end, but with these defaults the
--- three rewards do not yet rise above their baselines within the ~10-minute
--- budget: the batches this budget allows (16 images per task) give policy
--- gradients too noisy for this fragile 1M-parameter model, whose quality drifts
--- down faster than the rewards' signal lifts it. The RL loop itself does move
--- the model: a simple reward (redness) rises in 8 iterations (spec/quickstart_spec.lua),
--- and minimising the preference reward drops it from 0.61 to 0.17 in 15.
+-- Status (issue 7, open): the run works end to end, but with these defaults only
+-- diversity rises (held out SP 0.97 -> 0.36 in the joint model, docs/results.md);
+-- composition and preference fall within the ~10-minute budget: the batches it
+-- allows (16 images per task) give policy gradients too noisy for this fragile
+-- 1M-parameter model, whose quality drifts down faster than the rewards' signal
+-- lifts it. What moves fast is colour (a redness reward rises in 8 iterations,
+-- spec/quickstart_spec.lua; diversity); what does not is shape and placement
+-- (composition, preference, even a 'centred' rule alone). train.kl_estimator=analytic
+-- with train.kl_weight=1, or train.negative_advantage_scale=0, stop the collapse of
+-- longer runs at lr 1e-4, without a rise.
 --
 --   diffrl run recipes/quickstart.lua                          # ~6 minutes on 2 cores
 --   diffrl run recipes/quickstart.lua train.iterations=10      # a shorter look
