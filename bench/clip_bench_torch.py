@@ -7,13 +7,12 @@ random-init weights, under torch.no_grad. Prints one JSON object: name -> median
     python3 bench/clip_bench_torch.py THREADS REPEATS BATCH
 """
 import json
-import statistics
 import sys
-import time
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from torch_timing import median_time
 
 threads, repeats, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
@@ -23,13 +22,7 @@ STD = torch.tensor((0.26862954, 0.26130258, 0.27577711))[None, :, None, None]
 
 
 def timed(f):
-    f()
-    walls = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        walls.append(time.perf_counter() - t0)
-    return statistics.median(walls)
+    return median_time(f, repeats)
 
 
 def preprocess(x, size=224):

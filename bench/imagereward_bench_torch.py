@@ -20,16 +20,15 @@ import glob
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 import zipfile
 
 import torch
 import torch.nn.functional as F
+from torch_timing import median_time
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -64,13 +63,7 @@ def package_dir():
 
 
 def timed(f):
-    f()
-    walls = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        walls.append(time.perf_counter() - t0)
-    return statistics.median(walls)
+    return median_time(f, repeats)
 
 
 def preprocess(x, n_px=224):
