@@ -11,9 +11,7 @@ local Tensor, getters, setters, take, out_box = T.Tensor, T.getters, T.setters, 
 
 local M = {}
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 
 function Tensor.requires_grad(t, flag)
   if flag == nil then return C.dr_tensor_requires_grad(t.ptr) ~= 0 end

@@ -22,9 +22,7 @@ local M = {}
 
 local OPS = { sum = 0, mean = 1, max = 2 }
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 
 local function op_code(what, op)
   local code = OPS[op or 'sum']

@@ -9,9 +9,7 @@ local C, raise = api.C, api.raise
 local Tensor = T.Tensor
 local M = {}
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 local function ptr(x, op, what)
   if not T.is_tensor(x) then raise(('%s: %s must be a tensor, got %s'):format(op, what, type(x))) end
   return x.ptr

@@ -18,9 +18,7 @@ local M = {}
 
 local file_box = ffi.new('dr_safetensors*[1]')
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 
 local function check_path(op, path)
   if type(path) ~= 'string' then

@@ -35,9 +35,7 @@ local CLASSES = {
   CLIPTextModel = 'clip_text', CLIPModel = 'clip',
 }
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 
 local function read_file(path, what)
   local f, err = io.open(path, 'rb')

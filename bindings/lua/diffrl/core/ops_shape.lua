@@ -31,9 +31,7 @@ local out_box2 = ffi.new('dr_tensor*[1]')
 
 local function is_int(x) return type(x) == 'number' and x % 1 == 0 and x == x end
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 
 local function need_tensor(x, op, what)
   if not is_tensor(x) then

@@ -24,9 +24,7 @@ local C, raise = api.C, api.raise
 local Model = models.ModelClass
 local M = {}
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 
 local read_file, file_exists = models._read_file, models._file_exists
 

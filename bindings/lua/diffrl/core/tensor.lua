@@ -47,9 +47,7 @@ local function take(status)
 end
 M.take, M.out_box = take, out_box
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 
 local function is_tensor(x) return type(x) == 'cdata' and ffi.istype(ref_t, x) end
 M.is_tensor = is_tensor

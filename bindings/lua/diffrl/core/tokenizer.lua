@@ -24,9 +24,7 @@ local M = {}
 local tok_box = ffi.new('dr_clip_tokenizer*[1]')
 local n_box = ffi.new('int32_t[1]')
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 
 local Tokenizer = {}
 Tokenizer.__index = Tokenizer

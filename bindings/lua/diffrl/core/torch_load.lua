@@ -30,9 +30,7 @@ local len_box = ffi.new('size_t[1]')
 
 local KIND = { [0] = 'tensor', 'none', 'bool', 'int', 'float', 'string', 'bytes' }
 
-local function check(status)
-  if status ~= 0 then raise(ffi.string(C.dr_last_error())) end
-end
+local check = api.check
 
 -- Every entry of the checkpoint: a list of { name, kind, value }.
 local function read_entries(path)
