@@ -21,19 +21,7 @@ local function temp_dir()
   return p
 end
 
-local function mpi_missing()
-  if dr.build_info().mpi == 'none' then return 'this diffrl is built without MPI (-DDIFFRL_MPI=ON)' end
-  if not io.popen('command -v mpirun'):read('*l') then return 'mpirun is not on PATH' end
-end
-
--- mpirun arguments for sanitizer builds: OpenMPI keeps allocations until exit in
--- plugins it unloads, which LeakSanitizer cannot name; the ranks of these specs
--- skip the leak check (ASan's other checks stay on). ctest's c_test_comm_mpi2
--- checks core/comm for leaks with OpenMPI's suppressed by name instead.
-local function sanitizer_args()
-  if not dr.build_info().sanitize:find('address', 1, true) then return {} end
-  return { '-x', 'ASAN_OPTIONS=detect_leaks=0' }
-end
+local mpi_missing, sanitizer_args = h.mpi_missing, h.mpi_sanitizer_args
 
 -- `diffrl run RECIPE COMMON... extra...` on n ranks (n = 1: no mpirun); the argv.
 local function argv(n, extra)
