@@ -15,10 +15,7 @@ local cm = require 'diffrl.core.clip_models'
 
 local here = arg[0]:match('^(.*)/[^/]*$') or '.'
 local H = dofile(here .. '/harness.lua')
-local threads = tonumber(arg[1]) or dr.get_num_threads()
-local repeats = tonumber(arg[2]) or 3
-local batch = tonumber(arg[3]) or 4
-dr.set_num_threads(threads)
+local threads, repeats, batch = H.args(dr, 3, 4)
 
 local function timed(f) return (H.timed(repeats, f)) end
 

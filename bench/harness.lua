@@ -10,6 +10,14 @@ local now = dofile(here .. '/clock.lua')
 
 local M = { now = now }
 
+-- The command line every bench takes, `[threads] [repeats] [n]`: sets the thread
+-- count (default: all) and returns threads, repeats (default_repeats), n (default_n).
+function M.args(dr, default_repeats, default_n)
+  local threads = tonumber(arg[1]) or dr.get_num_threads()
+  dr.set_num_threads(threads)
+  return threads, tonumber(arg[2]) or default_repeats, tonumber(arg[3]) or default_n
+end
+
 function M.timed(repeats, f)
   f()
   local walls = {}

@@ -18,10 +18,7 @@ local rm = require 'diffrl.core.reward_models'
 
 local here = arg[0]:match('^(.*)/[^/]*$') or '.'
 local H = dofile(here .. '/harness.lua')
-local threads = tonumber(arg[1]) or dr.get_num_threads()
-local repeats = tonumber(arg[2]) or 3
-local batch = tonumber(arg[3]) or 4
-dr.set_num_threads(threads)
+local threads, repeats, batch = H.args(dr, 3, 4)
 
 -- BLIP's med_config.json (bert-base, cross-attention to the 1024-wide ViT tokens), as
 -- tools/fixtures/make_imagereward_fixtures.py's REAL_MED writes it into meta.json

@@ -20,10 +20,8 @@ local H = dofile(here .. '/harness.lua')
 -- the trainer's clock (bench/clock.lua's clock_gettime declaration clashes with it)
 local now = require('diffrl.progress').clock
 
-local threads = tonumber(arg[1]) or dr.get_num_threads()
-local repeats = tonumber(arg[2]) or 3
+local threads, repeats = H.args(dr, 3)
 local checkpointing = arg[3] == '1'
-dr.set_num_threads(threads)
 
 local MODEL = here .. '/../spec/fixtures/models/tiny-sd15'
 local ANIMALS = { 'cat', 'dog', 'horse', 'monkey', 'rabbit', 'zebra', 'spider', 'bird', 'sheep', 'deer',

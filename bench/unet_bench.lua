@@ -13,9 +13,7 @@ local dr = require 'diffrl'
 local here = arg[0]:match('^(.*)/[^/]*$') or '.'
 local H = dofile(here .. '/harness.lua')
 
-local threads = tonumber(arg[1]) or dr.get_num_threads()
-local repeats = tonumber(arg[2]) or 10
-dr.set_num_threads(threads)
+local threads, repeats = H.args(dr, 10)
 
 local function read(path)
   local f = assert(io.open(path, 'rb'))
