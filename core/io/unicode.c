@@ -125,30 +125,27 @@ bool dr_uc_reserve(dr_uc_buf *b, size_t extra) {
     return true;
 }
 
-bool dr_uc_nfc(const uint32_t *in, size_t n, dr_uc_buf *out) {
-    size_t start = out->n;
-    /* decomposition: a code point becomes at most 4 (U+1F83 and kin; Hangul 3) */
-    if (n > SIZE_MAX / 4 || !dr_uc_reserve(out, n * 4)) return false;
-    uint32_t *d = out->v + start;
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t cp = in[i];
-        if (cp >= S_BASE && cp < S_BASE + S_COUNT) {
-            uint32_t s = cp - S_BASE;
-            d[m++] = L_BASE + s / N_COUNT;
-            d[m++] = V_BASE + (s % N_COUNT) / T_COUNT;
-            if (s % T_COUNT) d[m++] = T_BASE + s % T_COUNT;
-            continue;
-        }
-        const dr_uc_decomp_entry *e = cp < 0xC0 ? NULL : find_decomp(cp);
-        if (e) {
-            memcpy(d + m, dr_uc_decomp_pool + e->offset, e->len * sizeof *d);
-            m += e->len;
-        } else {
-            d[m++] = cp;
-        }
+bool dr_uc_decompose(dr_uc_buf *b, uint32_t cp) {
+    if (!dr_uc_reserve(b, 4)) return false;
+    if (cp >= S_BASE && cp < S_BASE + S_COUNT) {
+        uint32_t s = cp - S_BASE;
+        b->v[b->n++] = L_BASE + s / N_COUNT;
+        b->v[b->n++] = V_BASE + (s % N_COUNT) / T_COUNT;
+        if (s % T_COUNT) b->v[b->n++] = T_BASE + s % T_COUNT;
+        return true;
     }
-    /* canonical ordering: insertion sort (stable) inside runs of non-starters */
+    const dr_uc_decomp_entry *e = cp < 0xC0 ? NULL : find_decomp(cp);
+    if (!e) {
+        b->v[b->n++] = cp;
+        return true;
+    }
+    memcpy(b->v + b->n, dr_uc_decomp_pool + e->offset, e->len * sizeof *b->v);
+    b->n += e->len;
+    return true;
+}
+
+void dr_uc_canonical_order(uint32_t *d, size_t m) {
+    /* insertion sort (stable) inside runs of non-starters */
     for (size_t i = 1; i < m; i++) {
         uint32_t c = d[i], k = dr_uc_ccc_of(c);
         if (k == 0) continue;
@@ -161,6 +158,17 @@ bool dr_uc_nfc(const uint32_t *in, size_t n, dr_uc_buf *out) {
         }
         d[j] = c;
     }
+}
+
+bool dr_uc_nfc(const uint32_t *in, size_t n, dr_uc_buf *out) {
+    size_t start = out->n;
+    /* decomposition: a code point becomes at most 4 (U+1F83 and kin; Hangul 3) */
+    if (n > SIZE_MAX / 4 || !dr_uc_reserve(out, n * 4)) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!dr_uc_decompose(out, in[i])) return false; /* never: reserved above */
+    uint32_t *d = out->v + start;
+    size_t m = out->n - start;
+    dr_uc_canonical_order(d, m);
     /* composition (UAX #15 sample code) */
     if (m > 0) {
         size_t starter = 0, w = 1;

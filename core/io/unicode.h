@@ -51,6 +51,13 @@ typedef struct dr_uc_buf {
 /* false when out of memory (the buffer is unchanged). */
 bool dr_uc_reserve(dr_uc_buf *b, size_t extra);
 
+/* Appends the canonical decomposition (NFD, unordered) of cp to b: Hangul syllables
+ * algorithmically, the rest from the table; at most 4 code points. false on OOM. */
+bool dr_uc_decompose(dr_uc_buf *b, uint32_t cp);
+/* Puts d[0..m) in canonical order: a stable sort of each run of non-starters by
+ * combining class. */
+void dr_uc_canonical_order(uint32_t *d, size_t m);
+
 /* Appends the NFC form of in[0..n) to out (in must not alias out). false on OOM. */
 bool dr_uc_nfc(const uint32_t *in, size_t n, dr_uc_buf *out);
 

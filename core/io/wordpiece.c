@@ -31,8 +31,6 @@ extern const dr_uc_range dr_wp_control[], dr_wp_space[], dr_wp_punct[], dr_wp_ma
 extern const size_t dr_wp_control_len, dr_wp_space_len, dr_wp_punct_len, dr_wp_mark_len;
 
 enum { MAX_WORD_CHARS = 100, MAX_SPECIALS = 64 };
-enum { S_BASE = 0xAC00, L_BASE = 0x1100, V_BASE = 0x1161, T_BASE = 0x11A7, T_COUNT = 28,
-       N_COUNT = 588, S_COUNT = 11172 };
 
 struct dr_wordpiece {
     char *path;
@@ -240,37 +238,6 @@ static bool push_cp(dr_uc_buf *b, uint32_t cp) {
     return true;
 }
 
-static const dr_uc_decomp_entry *find_decomp(uint32_t cp) {
-    size_t lo = 0, hi = dr_uc_decomp_len;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (cp < dr_uc_decomp[mid].cp) hi = mid;
-        else if (cp > dr_uc_decomp[mid].cp) lo = mid + 1;
-        else return &dr_uc_decomp[mid];
-    }
-    return NULL;
-}
-
-/* NFD of cp appended to b (Hangul algorithmically; canonical order fixed after). */
-static bool decompose(dr_uc_buf *b, uint32_t cp) {
-    if (!dr_uc_reserve(b, 4)) return false;
-    if (cp >= S_BASE && cp < S_BASE + S_COUNT) {
-        uint32_t s = cp - S_BASE;
-        b->v[b->n++] = L_BASE + s / N_COUNT;
-        b->v[b->n++] = V_BASE + (s % N_COUNT) / T_COUNT;
-        if (s % T_COUNT) b->v[b->n++] = T_BASE + s % T_COUNT;
-        return true;
-    }
-    const dr_uc_decomp_entry *e = cp < 0xC0 ? NULL : find_decomp(cp);
-    if (!e) {
-        b->v[b->n++] = cp;
-        return true;
-    }
-    memcpy(b->v + b->n, dr_uc_decomp_pool + e->offset, e->len * sizeof *b->v);
-    b->n += e->len;
-    return true;
-}
-
 /* BertNormalizer over w->cps into w->norm. */
 static bool normalize(dr_wordpiece *w) {
     w->nfd.n = 0;
@@ -280,7 +247,7 @@ static bool normalize(dr_wordpiece *w) {
         if (dr_uc_in_ranges(dr_wp_space, dr_wp_space_len, c)) c = ' ';
         bool cjk = is_cjk(c);
         if (cjk && !push_cp(&w->nfd, ' ')) return false;
-        if (!(w->lowercase ? decompose(&w->nfd, c) : push_cp(&w->nfd, c))) return false;
+        if (!(w->lowercase ? dr_uc_decompose(&w->nfd, c) : push_cp(&w->nfd, c))) return false;
         if (cjk && !push_cp(&w->nfd, ' ')) return false;
     }
     uint32_t *d = w->nfd.v;
@@ -288,15 +255,7 @@ static bool normalize(dr_wordpiece *w) {
     w->norm.n = 0;
     if (!w->lowercase) return dr_uc_reserve(&w->norm, m) &&
                               (memcpy(w->norm.v, d, m * sizeof *d), w->norm.n = m, true);
-    for (size_t i = 1; i < m; i++) { /* canonical ordering (stable, within non-starters) */
-        uint32_t c = d[i], k = dr_uc_ccc_of(c);
-        size_t j = i;
-        while (k && j > 0 && dr_uc_ccc_of(d[j - 1]) > k) {
-            d[j] = d[j - 1];
-            j--;
-        }
-        d[j] = c;
-    }
+    dr_uc_canonical_order(d, m);
     if (!dr_uc_reserve(&w->norm, 2 * m)) return false;
     for (size_t i = 0; i < m; i++) {
         if (dr_uc_in_ranges(dr_wp_mark, dr_wp_mark_len, d[i])) continue;
