@@ -167,6 +167,39 @@ describe('#cli RL on the tiny pipeline', function()
     assert.is_true(m3.lr < 1e-3) -- decayed after the first steps
   end)
 
+  it('trains only the first N denoising steps with train.timestep_window', function()
+    local core_rl = require 'diffrl.rl.core'
+    local real = core_rl.trajectory_step_loss
+    local function trained(window, accumulate)
+      local dir, seen = temp_dir(), {}
+      local cfg = dr.config.resolve(dr.rl.schema, {
+        model = { path = MODEL }, run = { dir = dir }, checkpoint = { every = 10 }, lora = { rank = 2 },
+        train = { iterations = 3, timestep_count = 2, timestep_window = window, lr = 1e-3,
+                  accumulate_timesteps = accumulate },
+        sample = { batch_size = 2, steps = 6, resolution = 16 },
+      })
+      local tr = dr.rl.trainer.new(cfg, { tasks = { {
+        name = 'bright', prompts = dr.prompts.list { 'a', 'b' },
+        reward = function(images) local m, out = images:mean({ 2, 3, 4 }), {}
+          for i = 1, m:size(1) do out[i] = m[i]:item() end; return out end,
+      } } })
+      core_rl.trajectory_step_loss = function(a) seen[#seen + 1] = a.index; return real(a) end
+      local ok, err = pcall(function() for _ = 1, 3 do tr:iteration() end end)
+      core_rl.trajectory_step_loss = real
+      os.execute('rm -rf ' .. dir)
+      assert(ok, err)
+      return seen
+    end
+    for _, accumulate in ipairs { false, true } do
+      local seen = trained(2, accumulate)
+      assert.are.equal(6, #seen) -- 2 steps in each of 3 iterations
+      for _, i in ipairs(seen) do assert.is_true(i == 1 or i == 2, 'trained step ' .. i .. ' of window 2') end
+    end
+    local later = false -- without a window the 6 steps are all candidates
+    for _, i in ipairs(trained(0, false)) do later = later or i > 2 end
+    assert.is_true(later, 'window 0 never trained a step past 2 in 6 draws')
+  end)
+
   it('runs the pretraining loss on an image-text folder and the other advantage modes', function()
     local data = temp_dir()
     os.execute('mkdir -p ' .. data)

@@ -30,6 +30,10 @@ return config.schema(config.merge(config.common(), {
                                        .. 'raises the likelihood of better-than-average samples' },
     timestep_count = { type = 'integer', default = 5, min = 1,
                        doc = 'denoising steps drawn at random per iteration, one optimizer step each (YAML: n_train_steps)' },
+    timestep_window = { type = 'integer', default = 0, min = 0,
+                        doc = 'choose the trained steps among the first N denoising steps only (the high-noise '
+                              .. 'ones, which set layout, count and colour; the late ones mostly add noise to '
+                              .. 'the policy gradient); 0: among all steps' },
     inner_epochs = { type = 'integer', default = 1, min = 1,
                      doc = 'passes over the sampled batch per iteration (not in the YAML: 1 there; DDPO num_inner_epochs)' },
     timestep_fraction = { type = 'number', min = 0, max = 1, optional = true,

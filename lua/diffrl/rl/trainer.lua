@@ -163,7 +163,8 @@ local function new(cfg, opts, world)
                                         weight_decay = t.weight_decay, flat = true })
   if self.ranks > 1 and cfg.dist.zero then self.opt = dist.zero_adamw(world, self.opt) end -- ZeRO-1
   if t.lr_schedule == 'cosine' then
-    local total = t.iterations * #tasks * t.inner_epochs * (t.accumulate_timesteps and 1 or t.timestep_count)
+    local k = t.timestep_window > 0 and math.min(t.timestep_count, t.timestep_window) or t.timestep_count
+    local total = t.iterations * #tasks * t.inner_epochs * (t.accumulate_timesteps and 1 or k)
     self.schedule = optim.schedules.cosine(t.lr, total, t.warmup_steps, 0)
   elseif t.warmup_steps > 0 then
     self.schedule = optim.schedules.warmup(t.lr, t.warmup_steps)
@@ -393,6 +394,8 @@ function Trainer:train_task(task, metrics)
   local stats = { loss = 0, ratio_mean = 0, clipfrac = 0, approx_kl = 0, grad_norm = 0, n = 0, skipped = 0 }
   local adv_t = core.tensor(adv)
   local steps = #traj.timesteps
+  local window = cfg.train.timestep_window
+  if window > 0 and window < steps then steps = window end -- trajectory index 1 is the noisiest step
   local k = math.min(cfg.train.timestep_count, steps)
   local fraction = cfg.train.timestep_fraction
   for _ = 1, cfg.train.inner_epochs do
