@@ -314,6 +314,28 @@ describe('shapes.detect #binding', function()
     assert.is_true(mean_confidence(shapes.detect(dr.rand({ 20, 3, 32, 32 }, { generator = dr.Generator(3) }))) < 0.3)
   end)
 
+  it('gives a confidence per kind: the winner\'s is its confidence, a close runner-up keeps some', function()
+    local d = shapes.detect(shapes.render(plain { obj('square', 'blue') })[1])[1]
+    assert.are.equal(d.confidence, d.kind_confidence.square)
+    for k, c in pairs(d.kind_confidence) do
+      if k ~= 'square' then assert.is_true(c < 0.05, k .. ' ' .. c) end
+    end
+    local images = shapes.sample(100, { seed = 7, split = 'all' })
+    local doubtful = 0
+    for _, dets in ipairs(shapes.detect(blur(images))) do
+      for _, e in ipairs(dets) do
+        for k, c in pairs(e.kind_confidence) do
+          if k ~= e.kind then
+            assert.is_true(c <= e.confidence, ('%s %.3f above the winner %s %.3f'):format(k, c, e.kind, e.confidence))
+            if c > 0.02 then doubtful = doubtful + 1 end
+          end
+        end
+      end
+    end
+    print(('\n    3x3 box blur: %d runner-up kinds above 0.02'):format(doubtful))
+    assert.is_true(doubtful > 0)
+  end)
+
   it('is less sure of a colour between two palette colours and of a malformed blob', function()
     local pixels = shapes.render(plain { obj('circle', 'red') }):tolist()
     -- between red (0.9, 0.1, 0.1) and orange (1.0, 0.55, 0.05): green channel 0.32

@@ -3,9 +3,12 @@
 --
 -- shapes_composition (PAPER.md Eq. 13, the detection score): the prompt is parsed
 --   into the objects it names; each named object (a count of two names two) takes the
---   most confident unused detection of its kind and colour (any colour when the prompt
---   leaves it open); the score is the mean of those confidences, a missing object
---   counting 0. A detection of the wrong size (when the prompt says one) counts half.
+--   unused detection of its colour (any colour when the prompt leaves it open) with
+--   the highest confidence for its kind (the detector's per-class score, as the
+--   paper's "detector's confidence for that class": a blob half square, half circle
+--   is a doubtful square too); the score is the mean of those confidences, a missing
+--   object counting 0. A detection of the wrong size (when the prompt says one)
+--   counts half.
 --   Options: relation = true also halves the score when a spatial relation the prompt
 --   names ('left of', ...) does not hold between the two detections. Prompts naming
 --   no shape the parser knows score NaN (the trainer skips them).
@@ -70,14 +73,16 @@ local function composition_score(objects, dets, wrong_size, check_relation)
   for oi, o in ipairs(objects) do
     for _ = 1, o.count do
       named = named + 1
+      local pick, best = nil, 0 -- the unused detection most confident of being this object
       for j, d in ipairs(dets) do
-        if not used[j] and d.kind == o.kind and (o.color == nil or d.color == o.color) then
-          used[j] = true
-          found = found + 1
-          total = total + d.confidence * ((o.size and d.size ~= o.size) and wrong_size or 1)
-          first[oi] = first[oi] or d
-          break
-        end
+        local c = d.kind_confidence[o.kind] * ((o.size and d.size ~= o.size) and wrong_size or 1)
+        if not used[j] and c > best and (o.color == nil or d.color == o.color) then pick, best = j, c end
+      end
+      if pick then
+        used[pick] = true
+        found = found + 1
+        total = total + best
+        first[oi] = first[oi] or dets[pick]
       end
     end
   end

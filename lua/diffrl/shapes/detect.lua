@@ -247,7 +247,14 @@ local function classify(buf, w, h, blob)
   local lead = best_iou - second
   -- crisp: 1 when the sharp template fits as well as the blurred one
   local crisp = clamp01((best_sharp / best_iou - 0.7) / 0.25)
-  local shape_conf = clamp01((best_iou - 0.45) / 0.4) * clamp01(0.3 + lead / 0.1) * (0.6 + 0.4 * crisp)
+  -- lead_k: how far this kind's IoU leads the best other kind's; below 0 (a kind
+  -- that is not the winner) the factor decays from the winner's 0.3 at a tie, so a
+  -- kind's confidence is continuous across the decision boundary
+  local function kind_conf(iou, lead_k)
+    local lead_factor = lead_k >= 0 and clamp01(0.3 + lead_k / 0.1) or 0.3 * math.exp(lead_k / 0.03)
+    return clamp01((iou - 0.45) / 0.4) * lead_factor * (0.6 + 0.4 * crisp)
+  end
+  local shape_conf = kind_conf(best_iou, lead)
   -- colour: the blob's mean chroma against its palette colour
   sr, sg, sb = sr / nh, sg / nh, sb / nh
   local qn = sqrt(sr * sr + sg * sg + sb * sb)
@@ -255,6 +262,14 @@ local function classify(buf, w, h, blob)
   local cosine = qn > 0 and dot / (qn * PNORM[c]) or 0
   local saturation = dot * PINV2[c]
   local color_conf = clamp01((cosine - COS_BAD) / (COS_GOOD - COS_BAD)) * clamp01((saturation - 0.3) / 0.5)
+  -- the confidence for each kind, as a detector's per-class scores: the same formula
+  -- with that kind's IoU and its lead over the best other kind (negative but for
+  -- the winner: a lead factor of 0.11 at 0.03 behind, 0.04 at 0.06)
+  local kinds = {}
+  for kind = 1, NKINDS do
+    local name, other = world.KINDS[kind], kind == best and second or best_iou
+    kinds[name] = color_conf * kind_conf(ious[name], ious[name] - other)
+  end
   local side = sqrt(w * h)
   local scale = best_fit[3] / side
   return {
@@ -263,6 +278,7 @@ local function classify(buf, w, h, blob)
     x = best_fit[1] / w, y = best_fit[2] / h, area = area / (w * h),
     size = scale < SMALL_LARGE and 'small' or 'large', scale = scale,
     iou = best_iou, ious = ious, crisp = crisp, shape_confidence = shape_conf, color_confidence = color_conf,
+    kind_confidence = kinds,
     saturation = saturation,
   }
 end
@@ -331,7 +347,8 @@ end
 
 -- detect(images[, { stats = true }]): for [3, H, W] a list of detections, for
 -- [B, 3, H, W] a list of B lists; each detection { kind, color, confidence, x, y,
--- area, size, scale, iou, ious, shape_confidence, color_confidence, saturation },
+-- area, size, scale, iou, ious, shape_confidence, color_confidence, saturation,
+-- kind_confidence = { circle = .., ... } (the confidence were it that kind) },
 -- most confident first. With stats, a second result: the background statistics
 -- (per image, or a list) that the preference rule uses.
 function M.detect(images, opts)
