@@ -45,7 +45,7 @@ local schema = dr.config.schema {
   joint = model_option('joint (all three rewards)'),
   out = { type = 'string', default = 'runs/eval_shapes', doc = 'the output folder' },
   seeds = { type = 'integer', default = 8, min = 1, doc = 'images per prompt and model' },
-  heldout = { type = 'integer', default = 8, min = 1,
+  heldout = { type = 'integer', default = 16, min = 1,
               doc = 'held-out prompts of the composition and preference sets (the runs\' shapes.heldout)' },
   seed = { type = 'integer', default = 0, min = 0,
            doc = 'the runs\' run.seed: which captions are held out (as quickstart draws them)' },

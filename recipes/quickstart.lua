@@ -15,18 +15,20 @@
 -- training stream never draws) are scored before training and at the end with
 -- the same noise; the table at the end and `diffrl report RUN_DIR` show both.
 --
--- Status (issue 7, open): the run works end to end, but with these defaults only
--- diversity rises (held out SP 0.97 -> 0.36 in the joint model, docs/results.md);
--- composition and preference fall within the ~10-minute budget: the batches it
--- allows (16 images per task) give policy gradients too noisy for this fragile
--- 1M-parameter model, whose quality drifts down faster than the rewards' signal
--- lifts it. What moves fast is colour (a redness reward rises in 8 iterations,
--- spec/quickstart_spec.lua; diversity); what does not is shape and placement
--- (composition, preference, even a 'centred' rule alone). train.kl_estimator=analytic
--- with train.kl_weight=1, or train.negative_advantage_scale=0, stop the collapse of
--- longer runs at lr 1e-4, without a rise.
+-- Status (issue 7, open): the run works end to end and, with these defaults, no
+-- reward collapses any more; on the paired held-out evaluation (docs/results.md,
+-- 16 prompts x 8 seeds) the joint model raises preference (0.531 -> 0.581) and
+-- diversity (SP 0.971 -> 0.815) but composition only by noise-level amounts
+-- (0.124 -> 0.143, CI overlapping), and single runs vary a lot from seed to seed.
+-- What made the difference (configs/quickstart.lua): one optimizer step per task on the
+-- mean loss of the first 5 (noisiest) denoising steps, a new prompt stream every
+-- iteration, and advantages normalised within each prompt's 4 images. With one
+-- step per denoising step on 4 fixed prompts (the defaults until 2026-11-26) the
+-- composition and preference rewards collapsed. Composition needs the model to
+-- draw better shapes, which this 1M-parameter UNet does not learn in 40 iterations
+-- of 16 images (see docs/results.md for what was tried).
 --
---   diffrl run recipes/quickstart.lua                          # ~6 minutes on 2 cores
+--   diffrl run recipes/quickstart.lua                          # ~7 minutes on 2 cores
 --   diffrl run recipes/quickstart.lua train.iterations=10      # a shorter look
 --   diffrl run recipes/quickstart.lua --resume runs/quickstart-...   # after Ctrl-C
 --   diffrl report runs/quickstart-...                          # report.html
