@@ -180,6 +180,15 @@ end
 -- Soft IoUs of the blob with template `kind` fitted at (cx, cy, scale), sharp and
 -- box-blurred (3x3, as a soft generator or a resize blurs), over the union of the
 -- blob's and the template's boxes.
+-- The shape confidence of a kind from its IoU, its lead over the best other kind's
+-- IoU and the blob's crispness. Below 0 (a kind that is not the winner) the lead
+-- factor decays from the winner's 0.3 at a tie, so a kind's confidence is
+-- continuous across the decision boundary.
+local function kind_conf(iou, lead, crisp)
+  local lead_factor = lead >= 0 and clamp01(0.3 + lead / 0.1) or 0.3 * math.exp(lead / 0.03)
+  return clamp01((iou - 0.45) / 0.4) * lead_factor * (0.6 + 0.4 * crisp)
+end
+
 local function template_iou(buf, w, h, blob, kind, cx, cy, scale, rx0, rx1, ry0, ry1)
   local reach = geometry.BOUND[kind] * scale + 2
   local x0, x1 = max(0, min(rx0, floor(cx - reach))), min(w - 1, max(rx1, ceil(cx + reach)))
@@ -247,14 +256,7 @@ local function classify(buf, w, h, blob)
   local lead = best_iou - second
   -- crisp: 1 when the sharp template fits as well as the blurred one
   local crisp = clamp01((best_sharp / best_iou - 0.7) / 0.25)
-  -- lead_k: how far this kind's IoU leads the best other kind's; below 0 (a kind
-  -- that is not the winner) the factor decays from the winner's 0.3 at a tie, so a
-  -- kind's confidence is continuous across the decision boundary
-  local function kind_conf(iou, lead_k)
-    local lead_factor = lead_k >= 0 and clamp01(0.3 + lead_k / 0.1) or 0.3 * math.exp(lead_k / 0.03)
-    return clamp01((iou - 0.45) / 0.4) * lead_factor * (0.6 + 0.4 * crisp)
-  end
-  local shape_conf = kind_conf(best_iou, lead)
+  local shape_conf = kind_conf(best_iou, lead, crisp)
   -- colour: the blob's mean chroma against its palette colour
   sr, sg, sb = sr / nh, sg / nh, sb / nh
   local qn = sqrt(sr * sr + sg * sg + sb * sb)
@@ -268,7 +270,7 @@ local function classify(buf, w, h, blob)
   local kinds = {}
   for kind = 1, NKINDS do
     local name, other = world.KINDS[kind], kind == best and second or best_iou
-    kinds[name] = color_conf * kind_conf(ious[name], ious[name] - other)
+    kinds[name] = color_conf * kind_conf(ious[name], ious[name] - other, crisp)
   end
   local side = sqrt(w * h)
   local scale = best_fit[3] / side
