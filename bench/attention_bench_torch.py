@@ -5,12 +5,12 @@ F.scaled_dot_product_attention forward (under no_grad), and forward + backward
 
     python3 bench/attention_bench_torch.py [threads] [repeats]
 """
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+
+from torch_timing import median_time
 
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 5
@@ -25,13 +25,7 @@ SHAPES = [  # name, q [B, H, Lq, E], k/v [B, H, Lk, E] (as in attention_bench.lu
 
 
 def timed(f):
-    f()
-    walls = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        walls.append(time.perf_counter() - t0)
-    return statistics.median(walls)
+    return median_time(f, repeats)
 
 
 print(f"torch {torch.__version__} scaled_dot_product_attention, {threads} threads, "

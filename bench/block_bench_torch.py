@@ -4,12 +4,12 @@ both side by side). Prints one JSON object: case name -> median seconds.
     python3 bench/block_bench_torch.py THREADS REPEATS
 """
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+
+from torch_timing import median_time
 
 threads, repeats = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(threads)
@@ -17,13 +17,7 @@ torch.manual_seed(0)
 
 
 def timed(f):
-    f()
-    walls = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        walls.append(time.perf_counter() - t0)
-    return statistics.median(walls)
+    return median_time(f, repeats)
 
 
 out = {}

@@ -7,10 +7,11 @@ repeats; GFLOP/s from the best.
 """
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+
+from torch_timing import wall_times
 
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 10
@@ -27,12 +28,7 @@ SHAPES = [  # name, input, weight, padding, stride (as in conv_bench.lua)
 
 
 def timed(f):
-    f()
-    walls = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        walls.append(time.perf_counter() - t0)
+    walls = wall_times(f, repeats)
     return min(walls), statistics.median(walls)
 
 

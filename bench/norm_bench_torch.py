@@ -8,10 +8,11 @@ nominal traffic (forward 2, backward 3 float32 tensors) from the fastest.
 """
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+
+from torch_timing import wall_times
 
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 20
@@ -21,12 +22,7 @@ aten = torch.ops.aten
 
 
 def timed(f):
-    f()
-    walls = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        walls.append(time.perf_counter() - t0)
+    walls = wall_times(f, repeats)
     return statistics.median(walls), min(walls)
 
 

@@ -7,13 +7,13 @@ seconds per case and the FLOP count of each (torch.utils.flop_counter).
 """
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
+
+from torch_timing import median_time
 
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 10
@@ -22,13 +22,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 
 
 def timed(f):
-    f()
-    walls = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        walls.append(time.perf_counter() - t0)
-    return statistics.median(walls)
+    return median_time(f, repeats)
 
 
 def flops(f):
