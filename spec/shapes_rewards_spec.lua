@@ -76,6 +76,26 @@ describe('shapes_composition #binding', function()
     assert.is_true(rewards.call(reward, images:narrow(1, 4, 1), { 'a red circle' })[1] < 0.05)
   end)
 
+  it('with extra = w, counts the objects the prompt does not name against the score', function()
+    local images = shapes.render {
+      plain { obj('circle', 'red', 0.3, 0.5, 'small'), obj('circle', 'red', 0.7, 0.5, 'small') },
+      plain { obj('circle', 'red', 0.3, 0.5, 'small'), obj('square', 'blue', 0.7, 0.5, 'small') },
+      plain { obj('circle', 'red', 0.3, 0.5, 'small'), obj('square', 'blue', 0.7, 0.5, 'small') },
+    }
+    local prompts = { 'a red circle', 'a red circle', 'a red circle and a blue square' }
+    local paper = rewards.call(reward, images, prompts)
+    local full = rewards.call(rewards.get('shapes_composition', { extra = 1 }), images, prompts)
+    local half = rewards.call(rewards.get('shapes_composition', { extra = 0.5 }), images, prompts)
+    for i = 1, 3 do assert.is_true(paper[i] > 0.95, 'Eq. 13 ignores extra objects: ' .. paper[i]) end
+    -- one named object and one more of ~full confidence: the mean is over ~2 objects
+    assert.is_true(math.abs(full[1] - 0.5) < 0.05, full[1])
+    assert.is_true(math.abs(full[2] - 0.5) < 0.05, 'an extra object of any colour or kind counts: ' .. full[2])
+    assert.is_true(math.abs(half[1] - 1 / 1.5) < 0.05, half[1])
+    assert.is_true(full[3] > 0.95, 'nothing unnamed, nothing lost: ' .. full[3])
+    assert.matches('extra must be a number in %[0, 1%], got 2',
+      h.error_of(rewards.get, 'shapes_composition', { extra = 2 }))
+  end)
+
   it('counts a wrong size half, and checks relations when asked', function()
     local images = shapes.render { plain { obj('circle', 'red', 0.3, 0.5, 'small'), obj('square', 'blue', 0.7, 0.5, 'small') } }
     local s = rewards.call(reward, images, { 'a large red circle' })[1]

@@ -10,8 +10,12 @@
 --   object counting 0. A detection of the wrong size (when the prompt says one)
 --   counts half.
 --   Options: relation = true also halves the score when a spatial relation the prompt
---   names ('left of', ...) does not hold between the two detections. Prompts naming
---   no shape the parser knows score NaN (the trainer skips them).
+--   names ('left of', ...) does not hold between the two detections. extra = w in
+--   [0, 1] (default 0: Eq. 13 as the paper has it) counts the objects the prompt does
+--   not name: every detection left unmatched adds w x its confidence to the number of
+--   objects the mean is over, so 'a red circle' drawn as two red blobs scores about
+--   half (RL on Eq. 13 alone learns to draw extra candidates: one of them may pass).
+--   Prompts naming no shape the parser knows score NaN (the trainer skips them).
 -- shapes_diversity (Eq. 12, statistical parity): images of one group (meta.groups,
 --   else the prompt text) are judged together. Each image's outcome is the colour of
 --   its most confident detection (confidence >= min_confidence; match_kind = true:
@@ -67,8 +71,9 @@ local bool_option = api.bool_option
 -- ---- composition -------------------------------------------------------------------
 
 -- The Eq. 13 score of one image's detections for the parsed prompt, and how many
--- named objects were found.
-local function composition_score(objects, dets, wrong_size, check_relation)
+-- named objects were found; extra > 0: the unmatched detections' confidences
+-- (times extra) join the denominator.
+local function composition_score(objects, dets, wrong_size, check_relation, extra)
   local used, total, named, found, first = {}, 0, 0, 0, {}
   for oi, o in ipairs(objects) do
     for _ = 1, o.count do
@@ -86,7 +91,13 @@ local function composition_score(objects, dets, wrong_size, check_relation)
       end
     end
   end
-  local score = total / named
+  local unnamed = 0
+  if extra > 0 then
+    for j, d in ipairs(dets) do
+      if not used[j] then unnamed = unnamed + d.confidence end
+    end
+  end
+  local score = total / (named + extra * unnamed)
   local rel = objects.relation
   if check_relation and rel and first[1] and first[2] and not shapes.holds(rel, first[1], first[2]) then
     score = score * 0.5
@@ -96,8 +107,9 @@ end
 
 function M.composition(opts)
   local op = 'shapes_composition'
-  opts = check_options(op, opts, { wrong_size = true, relation = true })
+  opts = check_options(op, opts, { wrong_size = true, relation = true, extra = true })
   local wrong_size = number_option(op, opts, 'wrong_size', 0.5, 0, 1)
+  local extra = number_option(op, opts, 'extra', 0, 0, 1)
   local check_relation = bool_option(op, opts, 'relation', false)
   local parse = parser()
   return function(images, prompts)
@@ -108,7 +120,7 @@ function M.composition(opts)
       if #objects == 0 then
         scores[i], unparsed = 0 / 0, unparsed + 1
       else
-        local s, f, n = composition_score(objects, dets[i], wrong_size, check_relation)
+        local s, f, n = composition_score(objects, dets[i], wrong_size, check_relation, extra)
         scores[i], found, named = s, found + f, named + n
       end
     end
