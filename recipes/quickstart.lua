@@ -13,7 +13,8 @@
 -- plus one step of the pretraining loss on shapes-world image-caption pairs per
 -- iteration (PAPER.md step 5). Held-out prompts of each task (a caption split the
 -- training stream never draws) are scored before training and at the end with
--- the same noise; the table at the end and `diffrl report RUN_DIR` show both.
+-- the same noise; the table at the end (with each task's paired win rate after /
+-- before and its CI) and `diffrl report RUN_DIR` show both.
 --
 -- Status (issue 7, open): the run works end to end and, with these defaults, no
 -- reward collapses any more; on the paired held-out evaluation (docs/results.md,

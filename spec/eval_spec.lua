@@ -6,7 +6,7 @@
 -- what eval.jsonl holds; errors name the model, the file or the reward.
 local h = dofile((os.getenv('DIFFRL_SOURCE_DIR') or '.') .. '/spec/helper.lua')
 local dr = require 'diffrl'
-local stats = require 'diffrl.eval.stats'
+local stats = require 'diffrl.stats'
 local sources = require 'diffrl.eval.sources'
 local cli = require 'diffrl.cli.eval'
 local rundir = dr.rundir

@@ -76,6 +76,17 @@ describe('rl trainer: held-out evaluation and groups', function()
     local text = dr.rl.trainer.summary_text(rows)
     assert.is_truthy(text:find('held-out reward', 1, true), text)
     assert.is_truthy(text:find('^task.*\nbright%s+%-?%d%.%d+ %-> %-?%d%.%d+'), text)
+    -- per-image held-out scores, paired by position into the win rate after / before
+    local before, after = ev[1]['heldout_scores/bright'], ev[2]['heldout_scores/bright']
+    assert.are.equal(3, #before)
+    assert.are.equal(3, #after)
+    assert.is_true(math.abs(ev[1]['heldout_reward/bright'] - (before[1] + before[2] + before[3]) / 3) < 1e-6)
+    local wins = 0
+    for i = 1, 3 do wins = wins + (after[i] > before[i] and 1 or after[i] == before[i] and 0.5 or 0) end
+    assert.are.equal(3, rows[1].heldout_win.n)
+    assert.is_true(math.abs(rows[1].heldout_win.rate - wins / 3) < 1e-12)
+    assert.is_truthy(text:find(('win rate after/before'), 1, true), text)
+    assert.is_truthy(text:find(('%.2f ['):format(wins / 3), 1, true), text)
     os.execute('rm -rf ' .. dir)
 
     -- the same seed, a fresh run: the held-out numbers repeat exactly

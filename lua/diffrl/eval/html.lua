@@ -8,7 +8,7 @@
 -- Images past max_image_bytes (SD-size PNGs add up) are linked, not embedded.
 local report = require 'diffrl.report'
 local summary_mod = require 'diffrl.eval.summary'
-local stats = require 'diffrl.eval.stats'
+local stats = require 'diffrl.stats'
 
 local esc = report.escape
 local M = {}

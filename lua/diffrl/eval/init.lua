@@ -9,7 +9,7 @@ local M = {}
 
 M.sources = require 'diffrl.eval.sources'
 M.run = require 'diffrl.eval.run'
-M.stats = require 'diffrl.eval.stats'
+M.stats = require 'diffrl.stats'
 M.summary = require 'diffrl.eval.summary'
 M.html = require 'diffrl.eval.html'
 

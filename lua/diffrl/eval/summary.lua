@@ -13,7 +13,7 @@
 -- value per prompt (its group of seeds); lower is fairer. Win rate of A over B per
 -- (set, reward): pairs of images with the same (prompt, seed), a tie half a win
 -- (for group rewards one pair per prompt: its two groups), CI over prompts.
-local stats = require 'diffrl.eval.stats'
+local stats = require 'diffrl.stats'
 
 local M = {}
 

@@ -33,6 +33,7 @@ local progress = require 'diffrl.progress'
 local config = require 'diffrl.config'
 local rl = require 'diffrl.rl.core'
 local dist = require 'diffrl.dist'
+local stats = require 'diffrl.stats'
 
 local raise = api.raise
 local M = {}
@@ -522,6 +523,9 @@ function Trainer:evaluate_here(label)
         end
       end
       row['heldout_reward/' .. task.name], row['heldout_std/' .. task.name] = mean_std(scores)
+      -- per image, in prompt order (NaN is written as null): the end table pairs them
+      -- with step 0's
+      row['heldout_scores/' .. task.name] = scores
     end
   end
   if #grid == 0 then return nil end
@@ -584,14 +588,28 @@ function Trainer:summary()
       return n > 0 and s / n or nil
     end
     local r = { task = task.name, window = w, train_first = window(1, w), train_last = window(#rows - w + 1, #rows) }
-    local hk = 'heldout_reward/' .. task.name
+    local hk, sk = 'heldout_reward/' .. task.name, 'heldout_scores/' .. task.name
+    local before, after
     for _, e in ipairs(evals) do
       if type(e[hk]) == 'number' then
-        if e.step == 0 then r.heldout_before = e[hk] end
-        r.heldout_after, r.heldout_step = e[hk], e.step
+        if e.step == 0 then r.heldout_before, before = e[hk], e[sk] end
+        r.heldout_after, r.heldout_step, after = e[hk], e.step, e[sk]
       end
     end
-    if r.heldout_step == 0 then r.heldout_after = nil end
+    if r.heldout_step == 0 then r.heldout_after, after = nil, nil end
+    -- the paired win rate: the same prompts and noise before and after, so image i
+    -- after against image i before; the CI resamples prompts (diffrl.stats)
+    if type(before) == 'table' and type(after) == 'table' and #before == #after and #before > 0 then
+      local k = task.images_per_prompt or self.cfg.sample.images_per_prompt or 1
+      local units, a, b = {}, {}, {}
+      for i = 1, #before do
+        units[i] = math.floor((i - 1) / k) + 1
+        a[i] = type(after[i]) == 'number' and after[i] or 0 / 0
+        b[i] = type(before[i]) == 'number' and before[i] or 0 / 0
+      end
+      local w = stats.win_rate(a, b, units, { seed = 0 })
+      if w.n > 0 then r.heldout_win = w end
+    end
     out[#out + 1] = r
   end
   return out
@@ -602,15 +620,28 @@ local function cell(a, b)
   return ('%.4f -> %.4f'):format(a, b), ('%+.4f'):format(b - a)
 end
 
+-- The paired win rate of the held-out images after over before, with its 95% CI.
+local function win_cell(win)
+  if not win then return '-' end
+  return ('%.2f [%.2f, %.2f]'):format(win.rate, win.lo, win.hi)
+end
+
 function M.summary_text(rows)
   local lines = {}
   local w = rows[1] and rows[1].window or 1
-  lines[1] = ('%-14s %-26s %-9s %-26s %s'):format('task', ('train reward (%d it. avg)'):format(w), 'change',
-                                                   'held-out reward', 'change')
+  local any_win = false
+  for _, r in ipairs(rows) do any_win = any_win or r.heldout_win ~= nil end
+  local fmt = '%-14s %-26s %-9s %-26s %-9s %s'
+  lines[1] = fmt:format('task', ('train reward (%d it. avg)'):format(w), 'change', 'held-out reward', 'change',
+                        any_win and 'win rate after/before [95% CI]' or ''):gsub('%s+$', '')
   for _, r in ipairs(rows) do
     local t, dt = cell(r.train_first, r.train_last)
     local h, dh = cell(r.heldout_before, r.heldout_after)
-    lines[#lines + 1] = ('%-14s %-26s %-9s %-26s %s'):format(r.task, t, dt, h, dh)
+    lines[#lines + 1] = fmt:format(r.task, t, dt, h, dh, any_win and win_cell(r.heldout_win) or ''):gsub('%s+$', '')
+  end
+  if any_win then
+    lines[#lines + 1] = 'win rate: each held-out image after training against the same prompt and noise at step 0 '
+      .. '(ties half); a CI across 0.5 is no clear change'
   end
   return table.concat(lines, '\n')
 end
