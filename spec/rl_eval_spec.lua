@@ -201,4 +201,21 @@ describe('rl trainer: held-out evaluation and groups', function()
     assert.are.equal(strip(ea[3]), strip(eb[2]))
     os.execute('rm -rf ' .. a .. ' ' .. b)
   end)
+
+  it('runs the cosine schedule over every optimizer step, the pretraining steps too', function()
+    local dir = temp_dir()
+    -- 1 policy step + 1 L_pre step per iteration, 2 iterations: 4 steps in all
+    local extra = { train = { iterations = 2, lr_schedule = 'cosine', lr = 1e-3 },
+                    pretrain = { weight = 0.5, batch_size = 2 } }
+    local tr = dr.rl.trainer.new(cfg_for(dir, extra), { tasks = { {
+      name = 'bright', prompts = dr.prompts.list { 'a', 'b', shuffle = false }, reward = recording_reward({}),
+    } }, pretrain_data = require('diffrl.data.shapes').open { seed = 3, resolution = 16, max_objects = 1 } })
+    tr:train()
+    local rows = tr.run:read_log('metrics')
+    assert.are.equal(2, #rows)
+    -- after iteration 1 (step 2 of 4) the cosine is half way: lr / 2, not already 0
+    assert.is_true(math.abs(rows[1].lr - 0.5e-3) < 1e-12, tostring(rows[1].lr))
+    assert.is_true(math.abs(rows[2].lr) < 1e-12, tostring(rows[2].lr))
+    os.execute('rm -rf ' .. dir)
+  end)
 end)

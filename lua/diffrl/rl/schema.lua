@@ -13,7 +13,7 @@ return config.schema(config.merge(config.common(), {
     iterations = { default = 1000, doc = 'RL iterations: sample, score, policy-gradient steps (YAML: max_iterations)' },
     lr = { type = 'number', default = 2e-6, min = 0, doc = 'AdamW learning rate (YAML: learning_rate)' },
     lr_schedule = { type = 'string', default = 'constant', choices = { 'constant', 'cosine' },
-                    doc = 'learning-rate schedule (YAML: lr_scheduler, constant | cosineannealing)' },
+                    doc = 'learning-rate schedule (YAML: lr_scheduler, constant | cosineannealing); cosine runs to 0 over every optimizer step of the run, pretraining steps included' },
     warmup_steps = { type = 'integer', default = 0, min = 0,
                      doc = "optimizer steps of linear learning-rate warmup from 0 (Adam's first steps move "
                            .. 'every weight by about lr, whatever its gradient; not in the YAML)' },

@@ -33,7 +33,7 @@ local progress = require 'diffrl.progress'
 local config = require 'diffrl.config'
 local rl = require 'diffrl.rl.core'
 local dist = require 'diffrl.dist'
-local stats = require 'diffrl.stats'
+local statistics = require 'diffrl.stats'
 
 local raise = api.raise
 local M = {}
@@ -61,6 +61,17 @@ local function setup_model(pipe, cfg)
   end
   unet:requires_grad(true)
   return unet:named_parameters()
+end
+
+-- The denoising steps a task trains on, out of a trajectory of n_steps: the first
+-- train.timestep_window of them (0: all), and how many of those each inner epoch
+-- draws (train.timestep_fraction of them, else train.timestep_count). One
+-- function for train_task and the length of the cosine schedule.
+local function trained_steps(t, n_steps)
+  local steps = n_steps
+  if t.timestep_window > 0 and t.timestep_window < steps then steps = t.timestep_window end
+  local k = t.timestep_fraction and math.floor(steps * t.timestep_fraction) or math.min(t.timestep_count, steps)
+  return steps, k
 end
 
 local Trainer = {}
@@ -163,9 +174,10 @@ local function new(cfg, opts, world)
   self.opt = optim.AdamW(self.params, { lr = t.lr, betas = { t.adam_beta1, t.adam_beta2 }, eps = t.adam_eps,
                                         weight_decay = t.weight_decay, flat = true })
   if self.ranks > 1 and cfg.dist.zero then self.opt = dist.zero_adamw(world, self.opt) end -- ZeRO-1
-  if t.lr_schedule == 'cosine' then
-    local k = t.timestep_window > 0 and math.min(t.timestep_count, t.timestep_window) or t.timestep_count
-    local total = t.iterations * #tasks * t.inner_epochs * (t.accumulate_timesteps and 1 or k)
+  if t.lr_schedule == 'cosine' then -- over every optimizer step of the run, the L_pre steps too
+    local _, k = trained_steps(t, cfg.sample.steps)
+    local per_iteration = #tasks * t.inner_epochs * (t.accumulate_timesteps and 1 or k)
+    local total = t.iterations * (per_iteration + (self.pretrain_data and 1 or 0))
     self.schedule = optim.schedules.cosine(t.lr, total, t.warmup_steps, 0)
   elseif t.warmup_steps > 0 then
     self.schedule = optim.schedules.warmup(t.lr, t.warmup_steps)
@@ -394,10 +406,7 @@ function Trainer:train_task(task, metrics)
   local t1 = now()
   local stats = { loss = 0, ratio_mean = 0, clipfrac = 0, approx_kl = 0, grad_norm = 0, n = 0, skipped = 0 }
   local adv_t = core.tensor(adv)
-  local steps = #traj.timesteps
-  local window = cfg.train.timestep_window
-  if window > 0 and window < steps then steps = window end -- trajectory index 1 is the noisiest step
-  local k = math.min(cfg.train.timestep_count, steps)
+  local steps, k = trained_steps(cfg.train, #traj.timesteps) -- trajectory index 1 is the noisiest step
   local fraction = cfg.train.timestep_fraction
   for _ = 1, cfg.train.inner_epochs do
     local chosen = fraction and rl.choose_timesteps(steps, nil, self.gen_train, { fraction = fraction })
@@ -607,7 +616,7 @@ function Trainer:summary()
         a[i] = type(after[i]) == 'number' and after[i] or 0 / 0
         b[i] = type(before[i]) == 'number' and before[i] or 0 / 0
       end
-      local w = stats.win_rate(a, b, units, { seed = 0 })
+      local w = statistics.win_rate(a, b, units, { seed = 0 })
       if w.n > 0 then r.heldout_win = w end
     end
     out[#out + 1] = r
