@@ -177,9 +177,6 @@ local function soft(buf, w, h, x, y, id, c)
   return clamp01((buf.qr[k] * PR[c] + buf.qg[k] * PG[c] + buf.qb[k] * PB[c]) * PINV2[c])
 end
 
--- Soft IoUs of the blob with template `kind` fitted at (cx, cy, scale), sharp and
--- box-blurred (3x3, as a soft generator or a resize blurs), over the union of the
--- blob's and the template's boxes.
 -- The shape confidence of a kind from its IoU, its lead over the best other kind's
 -- IoU and the blob's crispness. Below 0 (a kind that is not the winner) the lead
 -- factor decays from the winner's 0.3 at a tie, so a kind's confidence is
@@ -189,6 +186,9 @@ local function kind_conf(iou, lead, crisp)
   return clamp01((iou - 0.45) / 0.4) * lead_factor * (0.6 + 0.4 * crisp)
 end
 
+-- Soft IoUs of the blob with template `kind` fitted at (cx, cy, scale), sharp and
+-- box-blurred (3x3, as a soft generator or a resize blurs), over the union of the
+-- blob's and the template's boxes.
 local function template_iou(buf, w, h, blob, kind, cx, cy, scale, rx0, rx1, ry0, ry1)
   local reach = geometry.BOUND[kind] * scale + 2
   local x0, x1 = max(0, min(rx0, floor(cx - reach))), min(w - 1, max(rx1, ceil(cx + reach)))
