@@ -36,6 +36,7 @@ struct dr_node {
     int64_t in_sizes[DR_NODE_MAX_INPUTS][DR_MAX_DIMS];
     int32_t in_ndim[DR_NODE_MAX_INPUTS];
     int32_t in_dtype[DR_NODE_MAX_INPUTS];
+    dr_device in_device[DR_NODE_MAX_INPUTS];
     dr_tensor *saved[DR_NODE_MAX_SAVED];
     uint32_t saved_version[DR_NODE_MAX_SAVED];
     bool released; /* saved tensors dropped by a backward without retain_graph */

@@ -111,6 +111,7 @@ dr_status dr_autograd_record(dr_tensor *out, const char *name, dr_backward_fn fn
         const dr_tensor *in = inputs[i];
         n->in_ndim[i] = in->ndim;
         n->in_dtype[i] = in->scalar_type;
+        n->in_device[i] = in->device;
         memcpy(n->in_sizes[i], in->sizes, sizeof in->sizes);
         if (!dr_requires_grad(in)) continue;
         dr_node *fn_in = meta(in)->grad_fn;

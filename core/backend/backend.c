@@ -1,6 +1,7 @@
 /* Device -> backend table. */
 #include "backend.h"
 #include "../util/error.h"
+#include "cpu/cpu_internal.h"
 
 #ifdef DIFFRL_WITH_CUDA
 int dr_cuda_runtime_device_count(void);
@@ -33,5 +34,24 @@ int dr_cuda_device_count(void) {
     return dr_cuda_runtime_device_count();
 #else
     return 0;
+#endif
+}
+
+#ifndef DIFFRL_WITH_CUDA
+dr_status dr_cuda_get_memory_stats(int32_t device, dr_cuda_memory_stats *out) {
+    (void)out;
+    return dr_fail(DR_ERR_DEVICE, "cuda.memory_stats: cuda:%d requested but this diffrl was built "
+                   "without CUDA (configure with -DDIFFRL_CUDA=ON)", device);
+}
+dr_status dr_cuda_synchronize(int32_t device) {
+    return dr_fail(DR_ERR_DEVICE, "cuda.synchronize: cuda:%d requested but this diffrl was built "
+                   "without CUDA (configure with -DDIFFRL_CUDA=ON)", device);
+}
+#endif
+
+void dr_empty_cache(void) {
+    dr_cpu_empty_cache();
+#ifdef DIFFRL_WITH_CUDA
+    dr_cuda_empty_cache();
 #endif
 }

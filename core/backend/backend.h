@@ -179,6 +179,9 @@ typedef struct dr_backend {
 extern const dr_backend dr_cpu_backend;
 #ifdef DIFFRL_WITH_CUDA
 extern const dr_backend dr_cuda_backend;
+/* dst = src where exactly one is a CUDA tensor (same shape; src already expanded). */
+dr_status dr_cuda_transfer(dr_tensor *dst, const dr_tensor *src);
+void dr_cuda_empty_cache(void);
 #endif
 
 /* DR_OK if backend `be` has kernel `fn`, else the error "op: not implemented on

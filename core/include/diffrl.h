@@ -143,8 +143,25 @@ void *dr_tensor_data(const dr_tensor *t);  /* CPU: pointer to element 0; NULL if
  * The bindings use it to run Lua's GC when C memory grows, since the GC itself
  * only sees the small Lua handles. */
 int64_t dr_memory_allocated(int32_t device_type);
-/* Returns cached free blocks to the system (CPU block cache; CUDA's later). */
+/* Returns cached free blocks to the system (CPU block cache and, in CUDA builds,
+ * the CUDA caching allocator's free blocks). */
 void dr_empty_cache(void);
+
+/* The CUDA caching allocator of one device (torch.cuda.memory_stats). Sizes are
+ * the allocator's rounded block sizes. Fails without CUDA or without the device. */
+typedef struct dr_cuda_memory_stats {
+    int64_t allocated;          /* bytes in blocks held by tensors and scratch */
+    int64_t reserved;           /* bytes obtained from cudaMalloc: held + cached */
+    int64_t peak_allocated;
+    int64_t peak_reserved;
+    int64_t alloc_count;        /* allocations asked of the allocator */
+    int64_t cache_hits;         /* ... served from the cache */
+    int64_t cuda_malloc_count;  /* ... that needed cudaMalloc */
+    int64_t oom_count;          /* ... that failed */
+} dr_cuda_memory_stats;
+dr_status dr_cuda_get_memory_stats(int32_t device, dr_cuda_memory_stats *out);
+/* Waits until every op queued on the device has finished (kernel errors surface here). */
+dr_status dr_cuda_synchronize(int32_t device);
 
 /* Views (share storage). */
 dr_status dr_tensor_view(const dr_tensor *t, const int64_t *sizes, int32_t ndim,
@@ -166,8 +183,12 @@ dr_status dr_tensor_expand(const dr_tensor *t, const int64_t *sizes, int32_t ndi
 dr_status dr_tensor_contiguous(const dr_tensor *t, dr_tensor **out);
 dr_status dr_tensor_clone(const dr_tensor *t, dr_tensor **out);
 dr_status dr_tensor_to_dtype(const dr_tensor *t, int32_t dtype, dr_tensor **out);
-/* dst[...] = src, broadcasting src to dst's shape and casting. */
+/* dst[...] = src, broadcasting src to dst's shape and casting; dst and src may be
+ * on different devices (one of them the cpu). */
 dr_status dr_tensor_copy_(dr_tensor *dst, const dr_tensor *src);
+/* t on `device` (t itself, retained, if already there); differentiable: the
+ * gradient moves back to t's device. */
+dr_status dr_tensor_to_device(const dr_tensor *t, dr_device device, dr_tensor **out);
 dr_status dr_tensor_fill_(dr_tensor *t, double value);
 /* Moves t's data into base's storage at element `offset` (base contiguous, same
  * dtype and device, room for t) and makes t a contiguous view there: how

@@ -20,10 +20,15 @@ static dr_status record_copy(dr_status st, const dr_tensor *t, const char *name,
 dr_status dr_tensor_copy_(dr_tensor *dst, const dr_tensor *src) {
     DR_TRY(dr_check_tensor(dst, "copy_", "destination"));
     DR_TRY(dr_check_tensor(src, "copy_", "source"));
-    if (!dr_device_eq(dst->device, src->device))
-        return dr_fail(DR_ERR_UNSUPPORTED, "copy_: copies between %s and %s are not supported yet",
+    bool across = !dr_device_eq(dst->device, src->device);
+    if (across && dst->device.type == src->device.type)
+        return dr_fail(DR_ERR_UNSUPPORTED, "copy_: copies between %s and %s (two devices of one "
+                       "kind) are not supported yet; go through the cpu",
                        dr_device_str(src->device), dr_device_str(dst->device));
-    const dr_backend *be = dr_backend_get(dst->device, "copy_");
+    /* Across devices the CUDA side is the one that knows both (a CPU backend never
+     * sees device memory). */
+    const dr_backend *be = dr_backend_get(dst->device.type == DR_CPU ? src->device : dst->device,
+                                          "copy_");
     if (!be) return DR_ERR_DEVICE;
     if (dr_grad_mode() && dr_requires_grad(src))
         return dr_fail(DR_ERR_UNSUPPORTED, "copy_: copying a tensor %s that requires grad in place "
@@ -31,9 +36,37 @@ dr_status dr_tensor_copy_(dr_tensor *dst, const dr_tensor *src) {
     DR_TRY(dr_autograd_inplace(dst, "copy_"));
     dr_tensor *expanded;
     DR_TRY(dr_expand_to(src, dst->sizes, dst->ndim, "copy_", &expanded));
-    dr_status st = be->copy(dst, expanded);
+    dr_status st;
+#ifdef DIFFRL_WITH_CUDA
+    if (across) st = dr_cuda_transfer(dst, expanded);
+    else
+#endif
+    st = be->copy(dst, expanded);
     dr_tensor_release(expanded);
     return st;
+}
+
+static dr_status to_device_backward(dr_node *n, const dr_tensor *g, dr_tensor **grads) {
+    return dr_tensor_to_device(g, n->in_device[0], &grads[0]);
+}
+
+dr_status dr_tensor_to_device(const dr_tensor *t, dr_device device, dr_tensor **out) {
+    DR_TRY(dr_check_out(out, "to"));
+    DR_TRY(dr_check_tensor(t, "to", "tensor"));
+    if (!dr_backend_get(device, "to")) return DR_ERR_DEVICE;
+    dr_status st;
+    if (dr_device_eq(t->device, device)) {
+        st = dr_tensor_alias(t, out);
+    } else {
+        DR_TRY(dr_tensor_new(t->sizes, t->ndim, t->scalar_type, device, "to", out));
+        bool grad = dr_grad_pause();
+        st = dr_drop_on_error(dr_tensor_copy_(*out, t), out);
+        dr_grad_resume(grad);
+    }
+    if (st != DR_OK) return st;
+    dr_node *node;
+    st = dr_autograd_record(*out, "to", to_device_backward, &t, 1, &node);
+    return dr_drop_on_error(st, out);
 }
 
 dr_status dr_tensor_fill_(dr_tensor *t, double value) {

@@ -1,10 +1,12 @@
 /* Tensor lifecycle: storage, refcounts, creation from data, element access. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tensor_internal.h"
 #include "../backend/backend.h"
 #include "../util/scalar.h"
+#include "../autograd/autograd.h"
 
 static const int64_t dtype_sizes[DR_NUM_DTYPES] = {4, 2, 2, 8, 4, 1, 1};
 static const char *const dtype_names[DR_NUM_DTYPES] = {
@@ -137,8 +139,11 @@ dr_status dr_tensor_new(const int64_t *sizes, int32_t ndim, int32_t dtype, dr_de
         if (st != DR_OK) {
             free(s);
             free(t);
-            return dr_fail(st, "%s: cannot allocate %zu bytes on %s for %s %s", op, nbytes,
-                           dr_device_str(device), dr_dtype_name(dtype), dr_sizes_str(sizes, ndim));
+            char why[512]; /* the backend's own message says what is held */
+            snprintf(why, sizeof why, "%s", dr_last_error());
+            return dr_fail(st, "%s: cannot allocate %zu bytes on %s for %s %s: %s", op, nbytes,
+                           dr_device_str(device), dr_dtype_name(dtype), dr_sizes_str(sizes, ndim),
+                           why);
         }
         __atomic_add_fetch(&allocated_bytes[device.type], (int64_t)nbytes, __ATOMIC_RELAXED);
     }
@@ -218,10 +223,20 @@ dr_status dr_tensor_from_f64(const double *data, const int64_t *sizes, int32_t n
 dr_status dr_tensor_to_f64(const dr_tensor *t, double *out, int64_t n) {
     DR_TRY(dr_check_tensor(t, "tolist", "tensor"));
     DR_TRY(dr_check_array(out, dr_tensor_numel(t), "tolist", "buffer"));
-    if (t->device.type != DR_CPU)
-        return dr_fail(DR_ERR_DEVICE, "tolist: tensor is on %s; move it to the cpu first",
-                       dr_device_str(t->device));
     int64_t numel = dr_tensor_numel(t);
+    if (t->device.type != DR_CPU) { /* read through a host copy */
+        if (n < numel)
+            return dr_fail(DR_ERR_ARG, "tolist: buffer of %lld for %lld elements", (long long)n,
+                           (long long)numel);
+        dr_tensor *host;
+        bool grad = dr_grad_pause();
+        dr_status st = dr_tensor_to_device(t, dr_cpu(), &host);
+        dr_grad_resume(grad);
+        if (st != DR_OK) return st;
+        st = dr_tensor_to_f64(host, out, n);
+        dr_tensor_release(host);
+        return st;
+    }
     if (n < numel)
         return dr_fail(DR_ERR_ARG, "tolist: buffer of %lld for %lld elements", (long long)n,
                        (long long)numel);
@@ -244,9 +259,6 @@ static dr_status get_element(const dr_tensor *t, const int64_t *index, double *o
     DR_TRY(dr_check_tensor(t, op, "tensor"));
     DR_TRY(dr_check_array(out, 1, op, "result pointer"));
     DR_TRY(dr_check_array(index, t->ndim, op, "index"));
-    if (t->device.type != DR_CPU)
-        return dr_fail(DR_ERR_DEVICE, "%s: tensor is on %s; move it to the cpu first", op,
-                       dr_device_str(t->device));
     int64_t off = t->storage_offset;
     for (int32_t d = 0; d < t->ndim; d++) {
         int64_t i = index[d], size = t->sizes[d];
@@ -254,6 +266,20 @@ static dr_status get_element(const dr_tensor *t, const int64_t *index, double *o
             return dr_fail(DR_ERR_ARG, "%s: index %lld out of range for dimension %d of size %lld",
                            op, (long long)(i < 0 ? i : i + 1), d + 1, (long long)size);
         off += (i < 0 ? i + size : i) * t->strides[d];
+    }
+    if (t->device.type != DR_CPU) { /* one element through the host */
+        dr_tensor *one, *host;
+        DR_TRY(dr_tensor_alias(t, &one));
+        one->ndim = 0;
+        one->storage_offset = off;
+        bool grad = dr_grad_pause();
+        dr_status st = dr_tensor_to_device(one, dr_cpu(), &host);
+        dr_grad_resume(grad);
+        dr_tensor_release(one);
+        if (st != DR_OK) return st;
+        *out = dr_load_f64(host->storage->data, host->scalar_type, host->storage_offset);
+        dr_tensor_release(host);
+        return DR_OK;
     }
     *out = dr_load_f64(t->storage->data, t->scalar_type, off);
     return DR_OK;

@@ -96,7 +96,7 @@ void dr_cpu_dealloc(int32_t device_index, void *ptr, size_t nbytes) {
     for (int i = 0; i < nevicted; i++) free(evicted[i]);
 }
 
-void dr_empty_cache(void) {
+void dr_cpu_empty_cache(void) {
     pthread_mutex_lock(&lock);
     int n = ncached;
     block copy[CACHE_SLOTS];

@@ -44,6 +44,7 @@ dr_status dr_cpu_scale(dr_tensor *self, double s);
 dr_status dr_cpu_sum_squares(const dr_tensor *t, double *out);
 dr_status dr_cpu_alloc(int32_t device_index, size_t nbytes, void **ptr);
 void dr_cpu_dealloc(int32_t device_index, void *ptr, size_t nbytes);
+void dr_cpu_empty_cache(void);
 dr_status dr_cpu_binary(dr_binary_op op, dr_tensor *out, const dr_tensor *a,
                         const dr_tensor *b, double alpha);
 dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b);
