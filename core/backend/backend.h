@@ -182,6 +182,8 @@ extern const dr_backend dr_cuda_backend;
 /* dst = src where exactly one is a CUDA tensor (same shape; src already expanded). */
 dr_status dr_cuda_transfer(dr_tensor *dst, const dr_tensor *src);
 void dr_cuda_empty_cache(void);
+/* The device's compute stream as a cudaStream_t (NULL with the error set, naming op). */
+void *dr_cuda_stream_handle(int32_t device_index, const char *op);
 #endif
 
 /* DR_OK if backend `be` has kernel `fn`, else the error "op: not implemented on

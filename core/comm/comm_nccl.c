@@ -5,8 +5,8 @@
  * The communicator is non-blocking (NCCL >= 2.14): init and every collective are
  * polled against the deadline with ncclCommGetAsyncError and cudaStreamQuery; on
  * expiry ncclCommAbort frees the GPU side and the call fails like the MPI path.
- * Collectives run on the legacy default stream, ordered after the kernels before
- * them. Half types reduce in NCCL's own arithmetic. */
+ * Collectives run on the CUDA backend's stream of the device, ordered after the
+ * kernels that made their tensors. Half types reduce in NCCL's own arithmetic. */
 #define _POSIX_C_SOURCE 200809L
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -22,11 +22,13 @@
 #include <unistd.h>
 
 #include "comm_internal.h"
+#include "../backend/backend.h"
 #include "../util/error.h"
 
 typedef struct nccl_state {
     ncclComm_t comm;
     int device;
+    cudaStream_t stream; /* the backend's compute stream of `device` */
 } nccl_state;
 
 static dr_status nccl_fail(dr_comm *c, const char *what, const char *call, ncclResult_t rc) {
@@ -49,7 +51,7 @@ static dr_status nccl_wait(dr_comm *c, const char *what, nccl_state *s, int wait
         }
         if (async == ncclSuccess) {
             if (!wait_stream) return DR_OK;
-            cudaError_t q = cudaStreamQuery(0);
+            cudaError_t q = cudaStreamQuery(s->stream);
             if (q == cudaSuccess) return DR_OK;
             if (q != cudaErrorNotReady) {
                 c->broken = c->failed = 1;
@@ -168,6 +170,11 @@ dr_status dr_nccl_init(dr_comm *c, int device) {
     nccl_state *s = (nccl_state *)calloc(1, sizeof *s);
     if (!s) return dr_fail(DR_ERR_OOM, "%s: no memory", what);
     s->device = device;
+    s->stream = (cudaStream_t)dr_cuda_stream_handle(device, what);
+    if (!s->stream) {
+        free(s);
+        return DR_ERR_DEVICE;
+    }
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0; /* so a missing rank cannot hang init past the deadline */
     rc = ncclCommInitRankConfig(&s->comm, c->size, id, c->rank, &config);
@@ -206,7 +213,7 @@ dr_status dr_nccl_all_reduce(dr_comm *c, const char *what, void *buf, int64_t co
     nccl_state *s = (nccl_state *)c->nccl;
     ncclRedOp_t rop = op == DR_REDUCE_MAX ? ncclMax : op == DR_REDUCE_MEAN ? ncclAvg : ncclSum;
     return issued(c, what, "ncclAllReduce",
-                  ncclAllReduce(buf, buf, (size_t)count, nccl_type(dtype), rop, s->comm, 0));
+                  ncclAllReduce(buf, buf, (size_t)count, nccl_type(dtype), rop, s->comm, s->stream));
 }
 
 dr_status dr_nccl_all_gather(dr_comm *c, const char *what, const void *in, void *out, int64_t count,
@@ -215,7 +222,7 @@ dr_status dr_nccl_all_gather(dr_comm *c, const char *what, const void *in, void 
     size_t n = (size_t)count;
     ncclDataType_t t = nccl_type(dtype);
     if (t == ncclUint8) n *= (size_t)dr_dtype_size(dtype);
-    return issued(c, what, "ncclAllGather", ncclAllGather(in, out, n, t, s->comm, 0));
+    return issued(c, what, "ncclAllGather", ncclAllGather(in, out, n, t, s->comm, s->stream));
 }
 
 dr_status dr_nccl_broadcast(dr_comm *c, const char *what, void *buf, int64_t count, int32_t dtype,
@@ -225,7 +232,7 @@ dr_status dr_nccl_broadcast(dr_comm *c, const char *what, void *buf, int64_t cou
     size_t n = (size_t)count;
     ncclDataType_t t = nccl_type(dtype);
     if (t == ncclUint8) n *= (size_t)dr_dtype_size(dtype);
-    return issued(c, what, "ncclBroadcast", ncclBroadcast(buf, buf, n, t, root, s->comm, 0));
+    return issued(c, what, "ncclBroadcast", ncclBroadcast(buf, buf, n, t, root, s->comm, s->stream));
 }
 
 void dr_nccl_abort(dr_comm *c) {

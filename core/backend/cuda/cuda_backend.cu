@@ -82,6 +82,10 @@ cudaStream_t dr_cuda_stream_for(int32_t device_index, const char *op) {
     return g_stream[device_index];
 }
 
+extern "C" void *dr_cuda_stream_handle(int32_t device_index, const char *op) {
+    return (void *)dr_cuda_stream_for(device_index, op);
+}
+
 dr_status dr_cuda_sync(int32_t device_index, const char *op) {
     cudaStream_t s = dr_cuda_stream_for(device_index, op);
     if (!s) return DR_ERR_DEVICE;

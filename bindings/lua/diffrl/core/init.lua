@@ -65,6 +65,30 @@ function M.empty_cache() C.dr_empty_cache() end
 M.cuda = {}
 function M.cuda.device_count() return C.dr_cuda_device_count() end
 function M.cuda.is_available() return C.dr_cuda_device_count() > 0 end
+local function cuda_index(device)
+  if device == nil then return 0 end
+  if type(device) == 'number' then return device end
+  local d = dtypes.device(device)
+  if d.type ~= C.DR_CUDA then api.raise(('cuda: expected a cuda device, got %s'):format(device)) end
+  return d.index
+end
+-- The caching allocator's counters (bytes and counts) for one device (default 0):
+-- allocated, reserved, peak_allocated, peak_reserved, alloc_count, cache_hits,
+-- cuda_malloc_count, oom_count.
+function M.cuda.memory_stats(device)
+  local s = ffi.new('dr_cuda_memory_stats')
+  api.check(C.dr_cuda_get_memory_stats(cuda_index(device), s))
+  local out = {}
+  for _, k in ipairs { 'allocated', 'reserved', 'peak_allocated', 'peak_reserved', 'alloc_count',
+                       'cache_hits', 'cuda_malloc_count', 'oom_count' } do
+    out[k] = tonumber(s[k])
+  end
+  return out
+end
+-- Waits for the device's queued work; errors from earlier kernels surface here.
+function M.cuda.synchronize(device) api.check(C.dr_cuda_synchronize(cuda_index(device))) end
+-- Returns the cached free blocks of every device (and the CPU's) to the system.
+function M.cuda.empty_cache() C.dr_empty_cache() end
 
 -- Build facts as a table of strings (see `diffrl --version`).
 function M.build_info()

@@ -323,20 +323,37 @@ end
 
 function Tensor.contiguous(t) return take(C.dr_tensor_contiguous(t.ptr, out_box)) end
 function Tensor.clone(t) return take(C.dr_tensor_clone(t.ptr, out_box)) end
--- to(dtype) or to{dtype=, device=}; moving between devices comes with CUDA.
-function Tensor.to(t, what)
-  local p = t.ptr
-  local code = p.scalar_type
-  if type(what) == 'table' then
-    if what.device ~= nil and dtypes.device_name(dtypes.device(what.device)) ~= t.device then
-      raise(('to: moving a tensor from %s to %s is not supported yet'):format(t.device, what.device))
-    end
-    if what.dtype ~= nil then code = dtypes.code(what.dtype) end
-  else
-    code = dtypes.code(what)
-  end
-  return take(C.dr_tensor_to_dtype(p, code, out_box))
+-- to(dtype), to(device) or to{dtype=, device=} (torch's Tensor.to): a device is
+-- 'cpu', 'cuda' or 'cuda:N'. Moving is differentiable (the gradient moves back).
+local function is_device_name(s)
+  return s == 'cpu' or s == 'cuda' or (type(s) == 'string' and s:match('^cuda:%d+$') ~= nil)
 end
+function Tensor.to(t, what)
+  local dtype, device
+  if type(what) == 'table' and not is_tensor(what) then
+    dtype, device = what.dtype, what.device
+  elseif is_device_name(what) then
+    device = what
+  else
+    dtype = what
+  end
+  local r = t
+  if dtype ~= nil then
+    local code = dtypes.code(dtype)
+    if code ~= r.ptr.scalar_type then r = take(C.dr_tensor_to_dtype(r.ptr, code, out_box)) end
+  end
+  if device ~= nil then
+    local d = dtypes.device(device)
+    if dtypes.device_name(d) ~= r.device then r = take(C.dr_tensor_to_device(r.ptr, d, out_box)) end
+  end
+  if r == t then r = take(C.dr_tensor_to_dtype(t.ptr, t.ptr.scalar_type, out_box)) end
+  return r
+end
+-- cuda([index]) / cpu(): torch's names for to('cuda:N') / to('cpu').
+function Tensor.cuda(t, index)
+  return t:to(index and ('cuda:' .. index) or 'cuda')
+end
+function Tensor.cpu(t) return t:to('cpu') end
 function Tensor.float(t) return t:to('float32') end
 function Tensor.half(t) return t:to('float16') end
 function Tensor.bfloat16(t) return t:to('bfloat16') end
