@@ -722,6 +722,9 @@ dr_status dr_model_init_(dr_model *m, uint64_t seed, int32_t adapters_only);
 /* Recompute each resnet / transformer block in backward instead of keeping its
  * activations (gradient checkpointing). Off by default. */
 void dr_model_set_checkpointing(dr_model *m, int on);
+/* Moves every parameter to `device` in place (the tensor pointers stay valid; their
+ * gradients are cleared). Move a model before building its optimizer. */
+dr_status dr_model_to_device(dr_model *m, dr_device device);
 
 enum { DR_LOAD_ALLOW_MISSING = 1, DR_LOAD_ALLOW_UNEXPECTED = 2 };
 /* Copies the tensors of safetensors files into the parameters of the same name

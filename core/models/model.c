@@ -10,6 +10,7 @@
 
 #include "../autograd/autograd.h"
 #include "../backend/backend.h"
+#include "../backend/backend.h"
 #include "../tensor/tensor_internal.h"
 
 /* ---- the name index (FNV-1a, open addressing) ------------------------------ */
@@ -236,6 +237,40 @@ int dr_model_checkpoint_mode(const dr_model *m) {
 
 void dr_model_set_checkpointing(dr_model *m, int on) {
     if (m) m->checkpointing = on != 0;
+}
+
+/* Each parameter's header stays (the bindings and optimizers hold the pointers);
+ * its storage is swapped for a copy on `device`. Gradients are dropped: they
+ * belong to the old device. */
+dr_status dr_model_to_device(dr_model *m, dr_device device) {
+    DR_TRY(dr_model_check(m, NULL, "model.to"));
+    if (!dr_backend_get(device, "model.to")) return DR_ERR_DEVICE;
+    bool grad = dr_grad_pause();
+    dr_status st = DR_OK;
+    for (int64_t k = 0; k < m->nparams && st == DR_OK; k++) {
+        dr_tensor *t = m->params[k].t;
+        if (dr_device_eq(t->device, device)) continue;
+        dr_tensor *moved;
+        st = dr_tensor_to_device(t, device, &moved);
+        if (st != DR_OK) break;
+        dr_storage *old = t->storage;
+        t->storage = moved->storage;
+        __atomic_add_fetch(&t->storage->refcount, 1, __ATOMIC_RELAXED);
+        t->storage_offset = moved->storage_offset;
+        for (int32_t d = 0; d < t->ndim; d++) t->strides[d] = moved->strides[d];
+        t->device = device;
+        dr_storage_release(old);
+        dr_tensor_release(moved);
+        dr_tensor_set_grad(t, NULL);
+    }
+    dr_grad_resume(grad);
+    if (st != DR_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", dr_last_error());
+        return dr_fail(st, "%s: moving to %s failed (some parameters may have moved): %s", m->context,
+                       dr_device_str(device), why);
+    }
+    return DR_OK;
 }
 
 /* ---- loading -------------------------------------------------------------------- */

@@ -242,7 +242,7 @@ dr_status dr_unet_build(dr_model *m, const dr_json *cfg) {
  * op for op as torch evaluates it:
  *   f_i = exp(-ln(10000) i / (dim/2 - shift)),  emb = [sin(t f), cos(t f)] (flipped: cos first) */
 static dr_status timestep_embedding(const unet *u, const dr_tensor *timestep, int64_t batch,
-                                    dr_tensor **out) {
+                                    dr_device device, dr_tensor **out) {
     int64_t dim = u->time1.in, half = dim / 2;
     int64_t nt = dr_tensor_numel(timestep);
     if (!(timestep->ndim == 0 || (timestep->ndim == 1 && (nt == batch || nt == 1))))
@@ -269,7 +269,13 @@ static dr_status timestep_embedding(const unet *u, const dr_tensor *timestep, in
         }
     }
     free(ts);
-    return DR_OK;
+    if (device.type != DR_CPU) { /* computed on the host, used beside the sample */
+        dr_tensor *moved;
+        st = dr_tensor_to_device(*out, device, &moved);
+        dr_tensor_release(*out);
+        *out = st == DR_OK ? moved : NULL;
+    }
+    return st;
 }
 
 /* nn_checkpoint adapters: inputs {x, temb_act} / {x, context} */
@@ -367,7 +373,7 @@ dr_status dr_unet_forward(dr_model *m, const dr_tensor *sample, const dr_tensor 
 
     unet_run r = {.u = u, .ckpt = dr_model_checkpoint_mode(m), .context = ehs};
     dr_tensor *t_emb = NULL, *emb = NULL, *temb = NULL, *h = NULL, *t = NULL;
-    dr_status st = timestep_embedding(u, timestep, batch, &t_emb);
+    dr_status st = timestep_embedding(u, timestep, batch, sample->device, &t_emb);
     if (st == DR_OK) st = nn_linear_forward(&u->time1, t_emb, &emb);
     if (st == DR_OK) st = dr_silu(emb, &t), dr_swap(&emb, t), t = NULL;
     if (st == DR_OK) st = nn_linear_forward(&u->time2, emb, &t), dr_swap(&emb, t), t = NULL;

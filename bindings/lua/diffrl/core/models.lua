@@ -11,6 +11,7 @@
 --   m:add_lora{ rank = 4, alpha = 4, targets = { 'to_q', 'to_k', 'to_v', 'to_out.0' } }
 --   m:set_checkpointing(true)      m:requires_grad(false)      m:num_parameters()
 --   m:save_lora(path)  m:load_lora(path)      -- diffusers' pytorch_lora_weights.safetensors
+--   m:to('cuda')  m:cuda()  m:cpu()           -- moves every parameter (before the optimizer)
 --
 -- Parameter names are the checkpoint keys of the diffusers / transformers folder.
 -- Parameters are leaves with requires_grad off until a recipe turns them on.
@@ -220,6 +221,15 @@ function Model.set_checkpointing(m, on)
   C.dr_model_set_checkpointing(handle(m, 'set_checkpointing'), on and 1 or 0)
   return m
 end
+
+-- m:to(device): every parameter moves to 'cpu', 'cuda' or 'cuda:N' in place (the
+-- tensors from m:parameters() follow; their gradients are cleared). Returns m.
+function Model.to(m, device)
+  api.check(C.dr_model_to_device(handle(m, 'to'), require('diffrl.core.dtype').device(device)))
+  return m
+end
+function Model.cuda(m, index) return m:to(index and ('cuda:' .. index) or 'cuda') end
+function Model.cpu(m) return m:to('cpu') end
 
 -- m:add_lora{rank, alpha (default rank), targets, seed}: returns the number of
 -- adapted modules. The adapters require grad; nothing else changes.
