@@ -171,7 +171,8 @@ __device__ __forceinline__ void dr_cuda_store_f64(char *p, int32_t dt, int64_t i
 /* ---- kernel families: each file fills its entries of the table ------------- */
 extern "C" {
 void dr_cuda_register_elementwise(dr_backend *b); /* cuda_elementwise.cu, cuda_random.cu, cuda_optim.cu */
-void dr_cuda_register_reduce(dr_backend *b);      /* cuda_reduce.cu, cuda_index.cu */
+void dr_cuda_register_reduce(dr_backend *b);      /* cuda_reduce.cu (calls the next) */
+void dr_cuda_register_index(dr_backend *b);       /* cuda_index.cu */
 void dr_cuda_register_norm(dr_backend *b);        /* cuda_norm.cu (softmax, layer/group norm) */
 void dr_cuda_register_dense(dr_backend *b);       /* cuda_matmul.cu, cuda_conv.cu, cuda_pool.cu */
 void dr_cuda_register_attention(dr_backend *b);   /* cuda_attention.cu */
