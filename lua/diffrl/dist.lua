@@ -179,9 +179,10 @@ function Zero:step()
   local core, o, flat = require 'diffrl.core', self.inner, self.flat
   if not self.shard then
     local m = math.max(self.count, 1)
-    self.shard = { exp_avg = core.zeros(m), exp_avg_sq = core.zeros(m) }
+    local on = { device = flat.params.device }
+    self.shard = { exp_avg = core.zeros(m, on), exp_avg_sq = core.zeros(m, on) }
   end
-  local send = core.zeros(self.per)
+  local send = core.zeros(self.per, { device = flat.params.device })
   core.no_grad(function()
     if self.count > 0 then
       local p = flat.params:narrow(1, self.first, self.count)
@@ -198,7 +199,7 @@ function Zero:gather_state()
   local core = require 'diffrl.core'
   local full = {}
   for _, key in ipairs { 'exp_avg', 'exp_avg_sq' } do
-    local send = core.zeros(self.per)
+    local send = core.zeros(self.per, { device = self.flat.params.device })
     if self.shard and self.count > 0 then send:narrow(1, 1, self.count):copy_(self.shard[key]:narrow(1, 1, self.count)) end
     full[key] = self.world:all_gather(send):narrow(1, 1, self.n):contiguous()
   end

@@ -45,7 +45,8 @@ local function flatten(params, who)
     end
     total = total + p:numel()
   end
-  local flat = { params = core.empty(total), grads = core.zeros(total), views = {} }
+  local on = { device = params[1].device }
+  local flat = { params = core.empty(total, on), grads = core.zeros(total, on), views = {} }
   core.no_grad(function()
     local offset = 0
     for i, p in ipairs(params) do
@@ -94,7 +95,8 @@ function AdamW:step()
   if flat then -- one fused pass over every parameter
     local s = self.state.flat
     if not s then
-      s = { exp_avg = core.zeros(flat.params:numel()), exp_avg_sq = core.zeros(flat.params:numel()) }
+      local on = { device = flat.params.device } -- optimizer state lives beside its parameters
+      s = { exp_avg = core.zeros(flat.params:numel(), on), exp_avg_sq = core.zeros(flat.params:numel(), on) }
       self.state.flat = s
     end
     core.no_grad(function()
@@ -109,7 +111,8 @@ function AdamW:step()
       if g then
         local s = self.state[i]
         if not s then
-          s = { exp_avg = core.zeros(p.shape), exp_avg_sq = core.zeros(p.shape), step = 0 }
+          local on = { device = p.device }
+          s = { exp_avg = core.zeros(p.shape, on), exp_avg_sq = core.zeros(p.shape, on), step = 0 }
           self.state[i] = s
         end
         s.step = s.step + 1
@@ -151,7 +154,7 @@ function SGD:step()
         local s = self.state[i]
         local first = false
         if not s then
-          s = { momentum_buffer = self.momentum ~= 0 and core.zeros(p.shape) or nil }
+          s = { momentum_buffer = self.momentum ~= 0 and core.zeros(p.shape, { device = p.device }) or nil }
           self.state[i] = s
           first = true
         end
