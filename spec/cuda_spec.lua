@@ -83,6 +83,17 @@ describe('cuda tensors #gpu', function()
     assert.same({ 1, 1 }, dr.ones({ 2 }, { device = 'cuda' }):tolist())
   end)
 
+  it('saves cuda tensors to safetensors (through the host)', function()
+    local path = os.tmpname()
+    local a = dr.arange(0, 12):reshape(3, 4):cuda()
+    dr.save(path, { a = a, t = a:t(), h = a:to('bfloat16') })
+    local back = dr.load(path)
+    os.remove(path)
+    assert.same(a:cpu():tolist(), back.a:tolist())
+    assert.same(a:cpu():t():tolist(), back.t:tolist())
+    assert.equal('bfloat16', back.h.dtype)
+  end)
+
   it('runs NCCL collectives on cuda tensors (one rank)', function()
     if dr.build_info().nccl:find('linked', 1, true) == nil then
       pending('this diffrl is built without NCCL')

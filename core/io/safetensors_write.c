@@ -25,6 +25,7 @@
 #include "json.h"
 #include "safetensors_internal.h"
 #include "../tensor/tensor_internal.h"
+#include "../autograd/autograd.h"
 
 enum { QUOTE = 96, TEMP_TRIES = 100 };
 
@@ -80,9 +81,6 @@ static dr_status check_tensors(const char *path, const char *const *names,
                            "the metadata and cannot name a tensor", path);
         snprintf(arg, sizeof arg, "tensor %s", q(names[i], b));
         DR_TRY(dr_check_tensor(tensors[i], op, arg));
-        if (tensors[i]->device.type != DR_CPU)
-            return dr_fail(DR_ERR_DEVICE, "safetensors: save %s: tensor %s is on %s; move it to "
-                           "the cpu first", path, b, dr_device_str(tensors[i]->device));
         items[i].name = names[i];
         items[i].t = tensors[i];
         items[i].dt = dr_st_dtype_of(tensors[i]->scalar_type);
@@ -158,12 +156,16 @@ static dr_status write_body(int fd, const dr_json_buf *h, const item *items, int
         const dr_tensor *t = items[i].t;
         size_t nbytes = (size_t)(dr_tensor_numel(t) * dr_dtype_size(t->scalar_type));
         if (nbytes == 0) continue;
-        if (dr_tensor_is_contiguous(t)) {
+        if (t->device.type == DR_CPU && dr_tensor_is_contiguous(t)) {
             DR_TRY(write_all(fd, dr_tensor_data(t), nbytes, path));
             continue;
         }
-        dr_tensor *c;
-        DR_TRY(dr_tensor_contiguous(t, &c));
+        dr_tensor *c; /* contiguous on the host: device tensors travel one at a time */
+        bool grad = dr_grad_pause();
+        dr_status made = t->device.type == DR_CPU ? dr_tensor_contiguous(t, &c)
+                                                  : dr_tensor_to_device(t, (dr_device){DR_CPU, 0}, &c);
+        dr_grad_resume(grad);
+        DR_TRY(made);
         dr_status st = write_all(fd, dr_tensor_data(c), nbytes, path);
         dr_tensor_release(c);
         DR_TRY(st);

@@ -225,6 +225,7 @@ dr_status dr_tensor_to_f64(const dr_tensor *t, double *out, int64_t n) {
     DR_TRY(dr_check_array(out, dr_tensor_numel(t), "tolist", "buffer"));
     int64_t numel = dr_tensor_numel(t);
     if (t->device.type != DR_CPU) { /* read through a host copy */
+        if (!dr_backend_get(t->device, "tolist")) return DR_ERR_DEVICE;
         if (n < numel)
             return dr_fail(DR_ERR_ARG, "tolist: buffer of %lld for %lld elements", (long long)n,
                            (long long)numel);
@@ -268,6 +269,7 @@ static dr_status get_element(const dr_tensor *t, const int64_t *index, double *o
         off += (i < 0 ? i + size : i) * t->strides[d];
     }
     if (t->device.type != DR_CPU) { /* one element through the host */
+        if (!dr_backend_get(t->device, op)) return DR_ERR_DEVICE;
         dr_tensor *one, *host;
         DR_TRY(dr_tensor_alias(t, &one));
         one->ndim = 0;
