@@ -245,6 +245,9 @@ function M.common()
               doc = 'run folder (config.lua, metrics.jsonl, samples, checkpoints); ' ..
                     'unset: the trainer picks runs/<recipe>-<time>' },
       seed = { type = 'integer', default = 0, doc = 'Philox seed: the same seed and config give the same run' },
+      device = { type = 'string', default = 'cpu',
+                 doc = "where the models run: 'cpu', 'cuda' or 'cuda:N' (a CUDA build); rewards get "
+                       .. 'their images on the cpu' },
     },
     model = {
       path = { type = 'string',

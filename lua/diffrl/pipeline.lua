@@ -2,6 +2,7 @@
 -- text-to-image sampling as StableDiffusionPipeline.__call__ does it.
 --
 --   local pipe = dr.pipeline.load('models/sd2-base')      -- model_index.json + parts
+--   local pipe = dr.pipeline.load(dir, { device = 'cuda' }) -- the three models on the GPU
 --   local images, latents, traj = pipe:sample {
 --     prompt = 'a red circle',  negative = '',  steps = 50,  cfg = 7.5,  eta = 0,
 --     seed = 0,  height = 512,  width = 512,  batch = 1,
@@ -12,6 +13,7 @@
 --   pipe:encode_prompt({ 'a', 'b' })   -- [B, 77, D] text embeddings (no grad)
 --   pipe:decode(latents)               -- VAE decode of scaled latents, in [0, 1]
 --   pipe:encode(images)                -- [0, 1] images -> scaled latents (posterior mean)
+--   (tensors made or returned by the pipeline live on pipe.device; inputs on the cpu are moved)
 --   pipe:save_lora_weights(dir)  pipe:load_lora_weights(dir_or_file)   -- diffusers' LoRA files
 --
 -- The parts: pipe.unet, pipe.vae, pipe.text_encoder (dr models), pipe.tokenizer,
@@ -43,7 +45,8 @@ local function exists(path)
   return f ~= nil
 end
 
--- pipeline.load(dir, opts): opts.variant ('fp16'), opts.clip_skip (default 0).
+-- pipeline.load(dir, opts): opts.variant ('fp16'), opts.clip_skip (default 0),
+-- opts.device ('cpu', 'cuda', 'cuda:N'; default 'cpu').
 function M.load(dir, opts)
   opts = opts or {}
   if type(dir) ~= 'string' then raise('pipeline.load: expected a folder path, got ' .. type(dir)) end
@@ -60,11 +63,12 @@ function M.load(dir, opts)
     end
   end
   local sched_class = type(index.scheduler) == 'table' and index.scheduler[2] or '?'
-  local p = setmetatable({ dir = dir, index = index, clip_skip = opts.clip_skip or 0 }, Pipeline)
+  local p = setmetatable({ dir = dir, index = index, clip_skip = opts.clip_skip or 0,
+                          device = opts.device or 'cpu' }, Pipeline)
   p.tokenizer = core.CLIPTokenizer(dir .. '/tokenizer')
-  p.text_encoder = core.load_model(dir .. '/text_encoder', { variant = opts.variant })
-  p.unet = core.load_model(dir .. '/unet', { variant = opts.variant })
-  p.vae = core.load_model(dir .. '/vae', { variant = opts.variant })
+  p.text_encoder = core.load_model(dir .. '/text_encoder', { variant = opts.variant }):to(p.device)
+  p.unet = core.load_model(dir .. '/unet', { variant = opts.variant }):to(p.device)
+  p.vae = core.load_model(dir .. '/vae', { variant = opts.variant }):to(p.device)
   local sched_cfg = dir .. '/scheduler/scheduler_config.json'
   p.scheduler = sampler.schedule.from_config(sched_cfg)
   p.scheduler_class = sched_class
@@ -81,7 +85,7 @@ end
 -- Text embeddings for a list of prompts (no gradient): [B, 77, D].
 function Pipeline.encode_prompt(p, prompts)
   if type(prompts) == 'string' then prompts = { prompts } end
-  local ids = p.tokenizer:encode(prompts)
+  local ids = p.tokenizer:encode(prompts):to(p.device)
   return core.no_grad(function()
     local hidden = p.text_encoder:forward(ids, { skip = p.clip_skip })
     return hidden
@@ -91,7 +95,7 @@ end
 -- Scaled latents -> images in [0, 1] (VaeImageProcessor.postprocess's denormalize).
 function Pipeline.decode(p, latents)
   return core.no_grad(function()
-    local img = p.vae:decode(latents * (1 / p.scaling_factor))
+    local img = p.vae:decode(latents:to(p.device) * (1 / p.scaling_factor))
     return (img * 0.5 + 0.5):clamp(0, 1)
   end)
 end
@@ -100,10 +104,10 @@ end
 -- mode "argmax"), or a sample with opts.generator.
 function Pipeline.encode(p, images, opts)
   return core.no_grad(function()
-    local mean, logvar = p.vae:encode(images * 2 - 1)
+    local mean, logvar = p.vae:encode(images:to(p.device) * 2 - 1)
     local z = mean
     if opts and opts.generator then
-      z = mean + (logvar * 0.5):exp() * core.randn(mean.shape, { generator = opts.generator })
+      z = mean + (logvar * 0.5):exp() * core.randn(mean.shape, { generator = opts.generator, device = p.device })
     end
     return z * p.scaling_factor
   end)
@@ -166,8 +170,8 @@ function Pipeline.sample(p, o)
   local latents, traj = sampler.sample {
     scheduler = p.scheduler, model = model, steps = o.steps or 50, eta = o.eta or 0,
     method = o.method, generator = gen, keep_trajectory = o.keep_trajectory,
-    progress = o.progress,
-    latents = o.latents,
+    progress = o.progress, device = p.device,
+    latents = o.latents and o.latents:to(p.device),
     shape = o.latents == nil and { batch, p.latent_channels, height / p.vae_scale, width / p.vae_scale } or nil,
   }
   if traj then -- what the policy-gradient step recomputes the prediction from

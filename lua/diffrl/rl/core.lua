@@ -478,7 +478,8 @@ end
 
 -- float32 sqrt(alphas_cumprod[t]) and sqrt(1 - alphas_cumprod[t]) per sample, as
 -- [B, 1, ..., 1] coefficients (a number when all t are equal).
-local function noise_coefs(op, sched, timesteps, b, ndim)
+local function noise_coefs(op, sched, timesteps, like)
+  local b = like:size(1)
   if not S.is_schedule(sched) then
     raise(op .. ': expected a schedule (diffrl.sampler.schedule.from_config), got ' .. type(sched))
   end
@@ -488,7 +489,7 @@ local function noise_coefs(op, sched, timesteps, b, ndim)
     local a = sched:alpha_cumprod(t, op)
     sa[i], sb[i] = f32(math.sqrt(a)), f32(math.sqrt(f32(1 - a)))
   end
-  return common.coef(sa, ndim), common.coef(sb, ndim)
+  return common.coef(sa, like), common.coef(sb, like)
 end
 
 -- core.add_noise(x0, noise, timesteps, sched) -> x_t, diffusers'
@@ -500,7 +501,7 @@ function M.add_noise(x0, noise, timesteps, sched)
   common.tensor_arg(op, 'x0', x0)
   common.tensor_arg(op, 'noise', noise)
   common.same_shape(op, 'x0', x0, 'noise', noise)
-  local sa, sb = noise_coefs(op, sched, timesteps, x0:size(1), x0.ndim)
+  local sa, sb = noise_coefs(op, sched, timesteps, x0)
   return common.scale(x0, sa) + common.scale(noise, sb)
 end
 
@@ -527,7 +528,7 @@ function M.pretrain_loss(model_pred, noise, latents_0, timesteps, sched, predict
   if kind == 'epsilon' then
     target = noise
   elseif kind == 'v_prediction' then
-    local sa, sb = noise_coefs(op, sched, timesteps, noise:size(1), noise.ndim)
+    local sa, sb = noise_coefs(op, sched, timesteps, noise)
     target = common.scale(noise, sa) - common.scale(latents_0, sb)
   elseif kind == 'sample' then
     target = latents_0

@@ -163,13 +163,13 @@ local function new(cfg, opts, world)
                                               clip = cfg.train.adv_clip_max }
     end
   end
-  self.pipe = pipeline.load(cfg.model.path)
+  self.pipe = pipeline.load(cfg.model.path, { device = cfg.run.device })
   self.named = setup_model(self.pipe, cfg)
   self.params = {}
   for i, p in ipairs(self.named) do self.params[i] = p[2] end
   local t = cfg.train
   if t.kl_weight > 0 then -- a frozen copy of the starting UNet for the KL penalty
-    self.base_unet = require('diffrl.core').load_model(cfg.model.path .. '/unet')
+    self.base_unet = require('diffrl.core').load_model(cfg.model.path .. '/unet'):to(cfg.run.device)
   end
   self.opt = optim.AdamW(self.params, { lr = t.lr, betas = { t.adam_beta1, t.adam_beta2 }, eps = t.adam_eps,
                                         weight_decay = t.weight_decay, flat = true })
@@ -258,8 +258,9 @@ function Trainer:restore()
   local st = rundir.load_checkpoint(path)
   M.load_params(self.named, st, 'param.', { op = 'resume', path = path })
   if st.tensors['adam.exp_avg'] then
-    self.opt.state.flat = { exp_avg = st.tensors['adam.exp_avg']:clone(),
-                            exp_avg_sq = st.tensors['adam.exp_avg_sq']:clone() }
+    local on = self.pipe.device -- the moments live beside the parameters
+    self.opt.state.flat = { exp_avg = st.tensors['adam.exp_avg']:to(on):clone(),
+                            exp_avg_sq = st.tensors['adam.exp_avg_sq']:to(on):clone() }
   end
   if self.ema then
     M.load_params(self.named, st, 'ema.', { op = 'resume', path = path, into = self.ema.shadow,
@@ -384,6 +385,7 @@ function Trainer:train_task(task, metrics)
     generator = R > 1 and self.gen_sample:shard(self.rank + 1, R) or self.gen_sample,
     height = cfg.sample.resolution, width = cfg.sample.resolution, keep_trajectory = true,
   }
+  images = images:cpu() -- rewards, grids and PNGs read them on the host
   local t_sample = now() - t0
   local scores, rinfo = rewards.call(task.reward, images, prompts,
                                      { step = self.step + 1, task = task.name, groups = groups })
@@ -405,7 +407,7 @@ function Trainer:train_task(task, metrics)
   end
   local t1 = now()
   local stats = { loss = 0, ratio_mean = 0, clipfrac = 0, approx_kl = 0, grad_norm = 0, n = 0, skipped = 0 }
-  local adv_t = core.tensor(adv)
+  local adv_t = core.tensor(adv, { device = pipe.device })
   local steps, k = trained_steps(cfg.train, #traj.timesteps) -- trajectory index 1 is the noisiest step
   local fraction = cfg.train.timestep_fraction
   for _ = 1, cfg.train.inner_epochs do
@@ -455,7 +457,7 @@ function Trainer:pretrain_step(metrics)
   local latents = pipe:encode(images)
   local cond = pipe:encode_prompt(captions)
   local noise = core.randn(latents.shape, { generator = R > 1 and self.gen_train:shard(self.rank + 1, R)
-                                                        or self.gen_train })
+                                                        or self.gen_train, device = pipe.device })
   local T = pipe.scheduler.num_train_timesteps
   local ts = core.randint(0, T, { n * R }, { generator = self.gen_train })
   if R > 1 then ts = ts:narrow(1, first, n) end
@@ -519,7 +521,7 @@ function Trainer:evaluate_here(label)
           return pipe:sample { prompt = sub, negative = cfg.sample.negative_prompt or '', steps = cfg.sample.steps,
                                cfg = cfg.sample.guidance, eta = cfg.sample.eta, generator = gen,
                                height = cfg.sample.resolution, width = cfg.sample.resolution }
-        end)
+        end):cpu()
         local s = rewards.call(task.reward, images, sub, { step = self.step, task = task.name, heldout = true,
                                                            groups = k > 1 and sub_groups or nil })
         for i = 1, #sub do

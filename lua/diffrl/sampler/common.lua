@@ -66,17 +66,17 @@ function M.timesteps(op, t, b)
   return list
 end
 
--- A per-sample coefficient for a tensor of rank `ndim`: a number when every sample
--- has the same value, else a float32 tensor [B, 1, ..., 1].
-function M.coef(values, ndim)
+-- A per-sample coefficient for tensor `like` [B, ...]: a number when every sample
+-- has the same value, else a float32 tensor [B, 1, ..., 1] on like's device.
+function M.coef(values, like)
   local first, same = values[1], true
   for i = 2, #values do
     if values[i] ~= first then same = false; break end
   end
   if same then return first end
   local sizes = { #values }
-  for d = 2, ndim do sizes[d] = 1 end
-  return F.tensor(values):reshape(sizes)
+  for d = 2, like.ndim do sizes[d] = 1 end
+  return F.tensor(values, { device = like.device }):reshape(sizes)
 end
 
 -- x * c + y * d with c, d numbers or tensors.
@@ -131,16 +131,15 @@ local function per_sample_mean(x, keep, any_zero)
   local dims = {}
   for k = 2, x.ndim do dims[#dims + 1] = k end
   if #dims > 0 then x = x:mean(dims) end
-  if any_zero then x = x * F.tensor(keep) end
+  if any_zero then x = x * F.tensor(keep, { device = x.device }) end
   return x
 end
 
 function M.gaussian_log_prob(prev, mean, stds)
   local two_var, log_std, keep, any_zero = variance_terms(stds)
-  local ndim = prev.ndim
   local d = prev:detach() - mean
-  local lp = (d * d) / M.coef(two_var, ndim)
-  lp = (-lp) - M.coef(log_std, ndim)
+  local lp = (d * d) / M.coef(two_var, prev)
+  lp = (-lp) - M.coef(log_std, prev)
   lp = lp - LOG_SQRT_2PI
   return per_sample_mean(lp, keep, any_zero)
 end
@@ -152,7 +151,7 @@ end
 function M.gaussian_kl(mean, mean_base, stds)
   local two_var, _, keep, any_zero = variance_terms(stds)
   local d = mean - mean_base:detach()
-  return per_sample_mean((d * d) / M.coef(two_var, mean.ndim), keep, any_zero)
+  return per_sample_mean((d * d) / M.coef(two_var, mean), keep, any_zero)
 end
 
 M.f32 = f32

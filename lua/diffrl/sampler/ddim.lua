@@ -77,13 +77,13 @@ function M.step(sched, model_output, t, x_t, opts)
   if eta == 0 and opts.prev_sample ~= nil then
     raise(op .. ': prev_sample given with eta = 0: a deterministic step has no log-probability')
   end
-  local b, ndim = x_t:size(1), x_t.ndim
+  local b = x_t:size(1)
   local ts = common.timesteps(op, t, b)
   local c = coefficients(sched, ts, eta, op)
 
-  local x0, eps = common.predict_original(sched, model_output, x_t, coef(c.sqrt_a, ndim),
-                                          coef(c.sqrt_b, ndim), true)
-  local mean = scale(x0, coef(c.sqrt_a_prev, ndim)) + scale(eps, coef(c.dir, ndim))
+  local x0, eps = common.predict_original(sched, model_output, x_t, coef(c.sqrt_a, x_t),
+                                          coef(c.sqrt_b, x_t), true)
+  local mean = scale(x0, coef(c.sqrt_a_prev, x_t)) + scale(eps, coef(c.dir, x_t))
   if eta == 0 then return mean, x0, nil, mean, c.std end
 
   local prev = opts.prev_sample
@@ -99,7 +99,7 @@ function M.step(sched, model_output, t, x_t, opts)
       noise = F.randn(model_output.shape, { generator = opts.generator, dtype = model_output.dtype,
                                             device = model_output.device })
     end
-    prev = mean + scale(noise, coef(c.std, ndim))
+    prev = mean + scale(noise, coef(c.std, x_t))
   end
   return prev, x0, common.gaussian_log_prob(prev, mean, c.std), mean, c.std
 end

@@ -64,13 +64,13 @@ function M.step(sched, model_output, t, x_t, opts)
   if opts.prev_sample ~= nil and (opts.noise ~= nil or opts.generator ~= nil) then
     raise(op .. ': prev_sample is scored, not sampled: it takes no noise or generator')
   end
-  local b, ndim = x_t:size(1), x_t.ndim
+  local b = x_t:size(1)
   local ts = common.timesteps(op, t, b)
   local c = coefficients(sched, ts, op)
 
-  local x0 = common.predict_original(sched, model_output, x_t, coef(c.sqrt_a, ndim),
-                                     coef(c.sqrt_b, ndim), false)
-  local mean = scale(x0, coef(c.c0, ndim)) + scale(x_t, coef(c.cx, ndim))
+  local x0 = common.predict_original(sched, model_output, x_t, coef(c.sqrt_a, x_t),
+                                     coef(c.sqrt_b, x_t), false)
+  local mean = scale(x0, coef(c.c0, x_t)) + scale(x_t, coef(c.cx, x_t))
   local prev = opts.prev_sample
   if prev ~= nil then
     common.tensor_arg(op, 'prev_sample', prev)
@@ -88,7 +88,7 @@ function M.step(sched, model_output, t, x_t, opts)
         noise = F.randn(model_output.shape, { generator = opts.generator,
                                               dtype = model_output.dtype, device = model_output.device })
       end
-      prev = mean + scale(noise, coef(c.std, ndim))
+      prev = mean + scale(noise, coef(c.std, x_t))
     end
   end
   return prev, x0, common.gaussian_log_prob(prev, mean, c.std)

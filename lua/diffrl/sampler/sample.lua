@@ -29,14 +29,14 @@ local M = {}
 
 local OPTIONS = { scheduler = true, model = true, latents = true, shape = true, steps = true,
                   eta = true, method = true, generator = true, keep_trajectory = true,
-                  progress = true, grad = true }
+                  progress = true, grad = true, device = true }
 
 local function run(o)
   local sched = o.scheduler:set_timesteps(o.steps)
   local step = o.method == 'ddpm' and ddpm.step or ddim.step
   local x = o.latents
   if x == nil then
-    x = F.randn(o.shape, { generator = o.generator }) * sched.init_noise_sigma
+    x = F.randn(o.shape, { generator = o.generator, device = o.device }) * sched.init_noise_sigma
   end
   local keep = o.keep_trajectory
   local lats, lps = keep and { x } or nil, keep and {} or nil
