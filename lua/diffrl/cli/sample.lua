@@ -22,6 +22,7 @@ Options:
   --batch N          images per prompt (default 1); several are written as a grid
   --separate         with --batch, write out-1.png, out-2.png, ... instead of a grid
   --variant NAME     load NAME weights, e.g. fp16 (converted to float32)
+  --device D         cpu (default), cuda or cuda:N (a CUDA build)
   --threads N        CPU threads (default: all)
   -o, --output FILE  the PNG to write (default sample.png)
 
@@ -32,7 +33,8 @@ local options = require 'diffrl.cli.options'
 
 local NUMERIC = { steps = 'int', cfg = 'num', eta = 'num', seed = 'int', height = 'int',
                   width = 'int', batch = 'int', threads = 'int' }
-local STRING = { model = true, prompt = true, negative = true, variant = true, output = true }
+local STRING = { model = true, prompt = true, negative = true, variant = true, output = true,
+                 device = true }
 
 local function usage_error(msg)
   io.stderr:write('diffrl sample: ', msg, "\nTry 'diffrl sample --help'.\n")
@@ -58,12 +60,13 @@ function M.run(args)
   local dr = require 'diffrl'
   if o.threads then dr.set_num_threads(o.threads) end
   local ok, result = pcall(function()
-    local pipe = dr.pipeline.load(o.model, { variant = o.variant })
+    local pipe = dr.pipeline.load(o.model, { variant = o.variant, device = o.device })
     local images = pipe:sample {
       prompt = o.prompt, negative = o.negative, steps = o.steps, cfg = o.cfg, eta = o.eta,
       seed = o.seed, height = o.height, width = o.width, batch = o.batch,
       progress = require('diffrl.progress').callback('sampling'),
     }
+    images = images:cpu()
     local out = o.output or 'sample.png'
     local written = {}
     if o.separate and images:size(1) > 1 then

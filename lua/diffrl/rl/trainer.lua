@@ -163,6 +163,8 @@ local function new(cfg, opts, world)
                                               clip = cfg.train.adv_clip_max }
     end
   end
+  local ok, why = pcall(require('diffrl.core.dtype').device, cfg.run.device)
+  if not ok then raise('run.device: ' .. tostring(why):gsub('^.-: ', '', 1)) end
   self.pipe = pipeline.load(cfg.model.path, { device = cfg.run.device })
   self.named = setup_model(self.pipe, cfg)
   self.params = {}
