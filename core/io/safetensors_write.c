@@ -26,6 +26,7 @@
 #include "safetensors_internal.h"
 #include "../tensor/tensor_internal.h"
 #include "../autograd/autograd.h"
+#include "../backend/backend.h"
 
 enum { QUOTE = 96, TEMP_TRIES = 100 };
 
@@ -81,6 +82,11 @@ static dr_status check_tensors(const char *path, const char *const *names,
                            "the metadata and cannot name a tensor", path);
         snprintf(arg, sizeof arg, "tensor %s", q(names[i], b));
         DR_TRY(dr_check_tensor(tensors[i], op, arg));
+        if (tensors[i]->device.type != DR_CPU) { /* written through the host: its device must work */
+            char dop[sizeof op + sizeof arg + 4];
+            snprintf(dop, sizeof dop, "%s: %s", op, arg);
+            if (!dr_backend_get(tensors[i]->device, dop)) return DR_ERR_DEVICE;
+        }
         items[i].name = names[i];
         items[i].t = tensors[i];
         items[i].dt = dr_st_dtype_of(tensors[i]->scalar_type);
