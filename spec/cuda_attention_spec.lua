@@ -66,6 +66,16 @@ describe('cuda parity: scaled_dot_product_attention #gpu', function()
               fn = attention(), atol = 2e-5 }
   end)
 
+  it('masks over several query and key tiles, head dims 128 and 256', function()
+    local q, k, v = { 1, 2, 150, 128 }, { 1, 2, 200, 128 }, { 1, 2, 200, 96 }
+    P.check { inputs = { q, k, v, { shape = { 150, 200 }, dtype = 'bool', grad = false } },
+              fn = attention(), atol = 2e-5 }
+    P.check { inputs = { q, k, v, { shape = { 1, 2, 150, 200 }, grad = false } },
+              fn = attention(), atol = 2e-5 }
+    P.check { inputs = { { 1, 1, 70, 256 }, { 1, 1, 90, 256 }, { 1, 1, 90, 256 },
+                         { shape = { 70, 90 }, grad = false } }, fn = attention(), atol = 2e-5 }
+  end)
+
   it('is_causal, top-left aligned, with Lq > Lk, Lq < Lk and Lq = Lk', function()
     local causal = attention { is_causal = true }
     P.check { inputs = qkv(2, 2, 100, 70, 64), fn = causal, atol = 2e-5 }

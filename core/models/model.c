@@ -65,10 +65,13 @@ static dr_status param_new(dr_model *m, dr_tensor **slot, int32_t init, double i
     }
     if (2 * (m->nparams + 1) > m->nslots) DR_TRY(index_grow(m));
     dr_tensor *t = NULL;
-    dr_status st = dr_tensor_empty(sizes, ndim, DR_F32, dr_cpu(), &t);
-    if (st != DR_OK)
+    dr_status st = dr_tensor_empty(sizes, ndim, DR_F32, m->device, &t);
+    if (st != DR_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", dr_last_error());
         return dr_fail(st, "%s: cannot allocate %s %s: %s", m->context, name,
-                       dr_sizes_str(sizes, ndim), dr_last_error());
+                       dr_sizes_str(sizes, ndim), why);
+    }
     char *copy = strdup(name);
     if (!copy) {
         dr_tensor_release(t);
@@ -116,6 +119,14 @@ void dr_model_param_set_init(dr_model *m, const dr_tensor *t, int32_t init, doub
 
 /* ---- initialisation ------------------------------------------------------------ */
 static dr_status param_init(dr_param *p, dr_generator *gen) {
+    if (p->t->device.type != DR_CPU) { /* the same numbers as on the cpu, made there and copied */
+        dr_param host = *p;
+        dr_status st = dr_tensor_empty(p->t->sizes, p->t->ndim, DR_F32, dr_cpu(), &host.t);
+        if (st == DR_OK) st = param_init(&host, gen);
+        if (st == DR_OK) st = dr_tensor_copy_(p->t, host.t);
+        dr_tensor_release(host.t);
+        return st;
+    }
     switch (p->init) {
     case DR_INIT_ZERO: return dr_tensor_fill_(p->t, 0.0);
     case DR_INIT_ONE: return dr_tensor_fill_(p->t, 1.0);
@@ -270,6 +281,7 @@ dr_status dr_model_to_device(dr_model *m, dr_device device) {
         return dr_fail(st, "%s: moving to %s failed (some parameters may have moved): %s", m->context,
                        dr_device_str(device), why);
     }
+    m->device = device;
     return DR_OK;
 }
 

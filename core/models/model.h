@@ -48,6 +48,7 @@ struct dr_model {
     void *impl;
     void (*impl_free)(void *impl);
     bool checkpointing; /* recompute blocks in backward (dr_model_set_checkpointing) */
+    dr_device device;   /* where new parameters (LoRA adapters) are made: dr_model_to_device */
     /* linears that may carry a LoRA adapter (attention projections), by name */
     struct nn_linear **lora_targets;
     char **lora_names;

@@ -1,6 +1,6 @@
 /* Scaled dot product attention on CUDA, float32: FlashAttention-2 (Dao 2023) on
- * f32 FMA. The [Lq, Lk] scores never leave a block's shared memory; the only
- * scratch is D = rowsum(dO * O), one float per query row.
+ * f32 FMA (no tensor cores, no TF32). The [Lq, Lk] scores never leave a block's
+ * shared memory; the only scratch is D = rowsum(dO * O), one float per query row.
  *
  * Forward, one block per (batch, query tile Q_i), key tiles K_j, V_j streamed
  * through shared memory with the online softmax (the CPU's recurrence):
@@ -17,16 +17,33 @@
  * tiles for its rows of dQ. Every sum runs in a fixed order inside one thread or
  * one fixed shuffle tree: no atomics, the same bits on every run.
  *
- * Tiling: 256 threads as a 16 x 16 grid (ty = tid / 16, tx = tid % 16). Score
- * tiles are register blocks of rows ty + 16 i and columns tx + 16 j, read as
- * float4 along the head dim from row-major tiles whose row stride is an odd
- * number of float4s (no bank conflicts across the 8 rows a quarter warp reads).
- * The 16 threads of a score row are one half warp, so the softmax statistics are
- * xor-shuffle reductions and every lane of the half warp holds the same bits.
- * The products over the sequence (P V, P^T dO, dS^T Q, dS K) give each thread 4
- * (or 2) consecutive rows and columns 4 tx + 64 g: float4 broadcasts of P and
- * float4 reads of the value rows. Head dims are padded to 64, 128 or 256 for the
- * register arrays only; loops run to round4(E) and round4(Ev). */
+ * exp2 domain: the scores are computed as log2(e) S (log2(e) rides in the
+ * scale of the resident operand, a float mask is multiplied by it), so every
+ * exponential is one exp2f (ex2 plus its denormal fix-up) instead of expf's
+ * range reduction; L is stored as ln 2 (m2 + log2 l). The extra rounding is a
+ * few ulps of S, far inside the CPU parity tolerances.
+ *
+ * Tiling: 256 threads as a 32 x 8 grid (ty = tid / 8, tx = tid % 8). A thread
+ * owns rows ty + 32 i of its block's row operand (query rows in the forward
+ * and dQ kernels, key rows in the dK/dV kernel) for everything: the score
+ * micro-tile (columns tx + 8 j), the softmax statistics and the accumulators
+ * (columns 4 tx + 32 g + x). The 8 threads of a row are one eighth of a warp,
+ * so row max and row sum are 3-step xor shuffles, and the P (or dS) tile a
+ * thread needs for its accumulator update was written by its own warp: it goes
+ * through shared memory with a __syncwarp, not a block barrier. Operands are
+ * row-major tiles read as float4 along the head dim; row strides are an odd
+ * number of float4s, so the 8 rows an eighth warp reads hit distinct banks; the
+ * P tile's row stride is 8 mod 32 floats (4 rows x 8 columns written per warp
+ * instruction hit 32 banks). Per 4 steps of a reduction a thread issues
+ * MI + NJ (scores) or MI + 4 CG (accumulators) 16-byte loads for 4 MI NJ or
+ * 16 MI CG FMAs. Global tiles are loaded as float4 when q/k/v/dO are 16-byte
+ * aligned with row and batch strides a multiple of 4 (scalar otherwise). Head
+ * dims are padded to 64, 128 or 256 for the register arrays only; loops run to
+ * round4(E) and round4(Ev). Tiles that need masking (a mask, the causal
+ * diagonal, padding keys) stage an additive bias in the P tile first (see
+ * stage_mask); interior tiles skip it. The reduction loops are not unrolled
+ * (each step is already 64 to 128 FMAs): unrolling by 2 spilled at 128
+ * registers, the budget for 2 blocks per SM. */
 #include <cmath>
 #include <cstring>
 
@@ -37,15 +54,18 @@
 
 namespace {
 
-constexpr int NT = 256;
+constexpr int NT = 256, TX = 8, TY = NT / TX;
 constexpr unsigned FULL = 0xffffffffu;
+constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
 
 /* q, k, v, grad_out or out: batch strides over the shared batch dims, row stride;
- * the last dim has stride 1 (ops/attention.c sees to it). */
+ * the last dim has stride 1 (ops/attention.c sees to it). vec: float4 loads are
+ * legal (16-byte aligned base, row and batch strides multiples of 4). */
 struct operand {
     const float *p;
     int64_t ld;
     int64_t bs[DR_MAX_DIMS];
+    int vec;
 };
 
 /* The expanded mask [batch..., Lq, Lk]: bool (0 = masked) or float32 (added). */
@@ -69,24 +89,26 @@ struct args {
     float *out, *lse;                 /* forward: contiguous */
     const float *lse_in;              /* backward: contiguous [batch, Lq] */
     float *dsum, *dq, *dk, *dv;       /* contiguous; a NULL gradient is skipped */
+    int out_vec, dq_vec, dk_vec, dv_vec; /* float4 stores are legal */
 };
 
-/* Tile sizes per padded head dim D. The forward keeps Q_i and streams K, V;
- * the dK/dV kernel keeps a key tile (KK) and streams query tiles (KQ); the dQ
- * kernel keeps a query tile (QQ) and streams key tiles (QK). Chosen so that
- * every kernel's shared memory fits 163 KiB (A100) at E = Ev = D and the
- * accumulators stay in registers. FB, KB, QB: blocks per SM the register
- * budget aims at (2 where shared memory allows 2 at E = Ev = D: 128 registers,
- * a few bytes of spill, against 1 block of 8 warps). */
+/* Tile sizes per padded head dim D (rows of the resident tile x rows of the
+ * streamed one). The forward keeps Q_i (FQ rows) and streams K, V (FK); the
+ * dK/dV kernel keeps a key tile (KK) and streams query tiles (KQ); the dQ kernel
+ * keeps a query tile (QQ) and streams key tiles (QK). Resident tiles are a
+ * multiple of 32 rows (MI = rows / 32 per thread), streamed ones of 8 (NJ =
+ * rows / 8 score columns per thread). Every kernel's shared memory fits 163 KiB
+ * (A100) at E = Ev = D. FB, KB, QB: blocks per SM the register budget aims at
+ * (2: 128 registers; at D = 64 two blocks' shared memory fit an H100/H200 SM). */
 template <int D> struct tiles;
 template <> struct tiles<64> {
-    enum { FQ = 64, FK = 64, KQ = 64, KK = 64, QQ = 64, QK = 64, FB = 2, KB = 2, QB = 2 };
+    enum { FQ = 128, FK = 64, KK = 64, KQ = 64, QQ = 64, QK = 64, FB = 2, KB = 2, QB = 2 };
 };
 template <> struct tiles<128> {
-    enum { FQ = 64, FK = 32, KQ = 32, KK = 64, QQ = 64, QK = 32, FB = 2, KB = 1, QB = 2 };
+    enum { FQ = 128, FK = 32, KK = 64, KQ = 32, QQ = 64, QK = 32, FB = 1, KB = 1, QB = 2 };
 };
 template <> struct tiles<256> {
-    enum { FQ = 64, FK = 32, KQ = 32, KK = 32, QQ = 32, QK = 32, FB = 1, KB = 1, QB = 1 };
+    enum { FQ = 64, FK = 32, KK = 32, KQ = 32, QQ = 32, QK = 32, FB = 1, KB = 1, QB = 1 };
 };
 
 /* ---- device helpers ------------------------------------------------------------ */
@@ -104,29 +126,42 @@ __device__ __forceinline__ int64_t batch_off(const args &a, const int64_t *bs, i
 __device__ __forceinline__ float max_nan(float x, float y) { return (y > x) | (y != y) ? y : x; }
 
 /* s[0 .. BR) x [0 .. c4) (row stride ls) = mult g[r][c] for r < n, c < cols, else
- * 0: zero rows and columns keep the padded products finite. */
-template <int BR>
-__device__ __forceinline__ void load_rows(float *s, int ls, const float *g, int64_t ld, int n,
-                                          int cols, int c4, float mult) {
-    const int total = BR * c4;
-    for (int i = threadIdx.x; i < total; i += NT) {
-        const int r = i / c4, c = i - r * c4;
-        s[r * ls + c] = r < n && c < cols ? mult * g[r * ld + c] : 0.0f;
+ * 0: zero rows and columns keep the padded products finite. D / 4 threads share
+ * a row (one float4 each, so no index division), NT / (D / 4) rows per pass; all
+ * of a thread's global loads are issued before its shared stores. */
+template <int BR, int D>
+__device__ __forceinline__ void load_tile(float *s, int ls, const float *g, int64_t ld, int n,
+                                          int cols, int c4, float mult, bool vec) {
+    constexpr int TPR = D / 4, RSTEP = NT / TPR;
+    static_assert(BR % RSTEP == 0, "tile rows cover whole passes");
+    const int c = (threadIdx.x % TPR) * 4, r0 = threadIdx.x / TPR;
+    if (c >= c4) return;
+    float4 t[BR / RSTEP];
+#pragma unroll
+    for (int p = 0; p < BR / RSTEP; p++) {
+        const int r = r0 + p * RSTEP;
+        t[p] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r < n) {
+            const float *src = g + r * ld + c;
+            if (vec && c + 4 <= cols) {
+                t[p] = *reinterpret_cast<const float4 *>(src);
+            } else {
+                if (c < cols) t[p].x = src[0];
+                if (c + 1 < cols) t[p].y = src[1];
+                if (c + 2 < cols) t[p].z = src[2];
+                if (c + 3 < cols) t[p].w = src[3];
+            }
+        }
+    }
+#pragma unroll
+    for (int p = 0; p < BR / RSTEP; p++) {
+        const float4 v = t[p];
+        *reinterpret_cast<float4 *>(s + (r0 + p * RSTEP) * ls + c) =
+            make_float4(mult * v.x, mult * v.y, mult * v.z, mult * v.w);
     }
 }
 
-template <int N> __device__ __forceinline__ void load_vec(float (&x)[N], const float *p) {
-    if constexpr (N == 4) {
-        const float4 t = *reinterpret_cast<const float4 *>(p);
-        x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
-    } else {
-        static_assert(N == 2, "rows per thread are 2 or 4");
-        const float2 t = *reinterpret_cast<const float2 *>(p);
-        x[0] = t.x, x[1] = t.y;
-    }
-}
-
-/* acc[i][j] = sum over d < n4 of a[(ty + 16 i) la + d] b[(tx + 16 j) lb + d],
+/* acc[i][j] = sum over d < n4 of a[(ty + 32 i) la + d] b[(tx + 8 j) lb + d],
  * d in increasing order (one fma chain per element, like the CPU's tile_mm). */
 template <int MI, int NJ>
 __device__ __forceinline__ void score_block(float (&acc)[MI][NJ], const float *a, int la,
@@ -135,106 +170,150 @@ __device__ __forceinline__ void score_block(float (&acc)[MI][NJ], const float *a
     for (int i = 0; i < MI; i++)
 #pragma unroll
         for (int j = 0; j < NJ; j++) acc[i][j] = 0.0f;
-#pragma unroll 2
+    const float *ap = a + ty * la, *bp = b + tx * lb;
+#pragma unroll 1
     for (int d = 0; d < n4; d += 4) {
-        float4 av[MI], bv[NJ];
+        float4 av[MI];
 #pragma unroll
         for (int i = 0; i < MI; i++)
-            av[i] = *reinterpret_cast<const float4 *>(a + (ty + 16 * i) * la + d);
+            av[i] = *reinterpret_cast<const float4 *>(ap + TY * i * la + d);
 #pragma unroll
-        for (int j = 0; j < NJ; j++)
-            bv[j] = *reinterpret_cast<const float4 *>(b + (tx + 16 * j) * lb + d);
+        for (int j = 0; j < NJ; j++) {
+            const float4 bv = *reinterpret_cast<const float4 *>(bp + TX * j * lb + d);
 #pragma unroll
-        for (int i = 0; i < MI; i++)
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
+            for (int i = 0; i < MI; i++) {
                 float s = acc[i][j];
-                s = fmaf(av[i].x, bv[j].x, s);
-                s = fmaf(av[i].y, bv[j].y, s);
-                s = fmaf(av[i].z, bv[j].z, s);
-                acc[i][j] = fmaf(av[i].w, bv[j].w, s);
+                s = fmaf(av[i].x, bv.x, s);
+                s = fmaf(av[i].y, bv.y, s);
+                s = fmaf(av[i].z, bv.z, s);
+                acc[i][j] = fmaf(av[i].w, bv.w, s);
             }
-    }
-}
-
-/* The score of query qi, key kj after the mask (bool: -inf where false; float:
- * added) and the causal rule (top-left: key kj > query qi is masked). */
-__device__ __forceinline__ float mask_score(const args &a, float s, int64_t moff, int64_t qi,
-                                            int64_t kj) {
-    if (a.m.p) {
-        const int64_t at = moff + qi * a.m.rs + kj * a.m.cs;
-        if (a.m.is_bool) {
-            if (!static_cast<const uint8_t *>(a.m.p)[at]) s = -INFINITY;
-        } else {
-            s += static_cast<const float *>(a.m.p)[at];
         }
     }
-    if (a.causal && kj > qi) s = -INFINITY;
-    return s;
 }
 
-/* acc[r][g][x] += w[r] row[4 tx + 64 g + x] for the columns below n4: the
- * sequence products, one shared row of the right operand per step. */
-template <int R, int CG>
-__device__ __forceinline__ void row_update(float (&acc)[R][CG][4], const float (&w)[R],
-                                           const float *row, int n4, int tx) {
+/* The additive mask of a score tile, staged in the shared P tile before the
+ * block barrier that publishes K and V (so the per-score work reads one float
+ * instead of holding mask addresses in registers): for query i0 + qi (qi < nq)
+ * and key k0 + kj (kj < nk), -inf where a bool mask is false or the causal rule
+ * (top-left: key > query) masks, log2(e) mask for a float mask, else 0;
+ * -inf for padding. The key index runs fastest across the threads (a
+ * contiguous mask row reads coalesced). KEY_ROWS: the tile is [key][query]. */
+template <int NQ, int NK, bool KEY_ROWS>
+__device__ __forceinline__ void stage_mask(const args &a, float *dst, int ps, int64_t moff,
+                                           int64_t i0, int nq, int64_t k0, int nk) {
+    for (int idx = threadIdx.x; idx < NQ * NK; idx += NT) {
+        const int qi = idx / NK, kj = idx % NK;
+        float bias = -INFINITY;
+        if (qi < nq && kj < nk && !(a.causal && k0 + kj > i0 + qi)) {
+            bias = 0.0f;
+            if (a.m.p) {
+                const int64_t at = moff + (i0 + qi) * a.m.rs + (k0 + kj) * a.m.cs;
+                if (a.m.is_bool) {
+                    if (!static_cast<const uint8_t *>(a.m.p)[at]) bias = -INFINITY;
+                } else {
+                    bias = static_cast<const float *>(a.m.p)[at] * LOG2E;
+                }
+            }
+        }
+        dst[KEY_ROWS ? kj * ps + qi : qi * ps + kj] = bias;
+    }
+}
+
+/* s[i][j] with the staged bias at the thread's own positions (rows ty + 32 i,
+ * columns tx + 8 j of the tile at w): a -inf bias masks (even a NaN score, as
+ * the CPU's masking does), any other is added. */
+template <int MI, int NJ>
+__device__ __forceinline__ void apply_mask(float (&s)[MI][NJ], const float *w, int lw) {
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
+            const float bias = w[TY * i * lw + TX * j];
+            s[i][j] = bias == -INFINITY ? -INFINITY : s[i][j] + bias;
+        }
+}
+
+/* acc[i][g][.] += sum over the BK columns c of w[(ty + 32 i) lw + c] r[c lr +
+ * 4 tx + 32 g + .], c in increasing order: the sequence products (P V, P^T dO,
+ * dS^T Q, dS K), w the warp's own P or dS rows, r the value-side tile. Columns
+ * at or past n4 are skipped (they are never stored). */
+template <int MI, int CG, int BK>
+__device__ __forceinline__ void acc_update(float (&acc)[MI][CG][4], const float *w, int lw,
+                                           const float *r, int lr, int n4, int ty, int tx) {
+    const float *wp = w + ty * lw;
+#pragma unroll 1
+    for (int c = 0; c < BK; c += 4) {
+        float4 pv[MI];
+#pragma unroll
+        for (int i = 0; i < MI; i++) pv[i] = *reinterpret_cast<const float4 *>(wp + TY * i * lw + c);
+#pragma unroll
+        for (int g = 0; g < CG; g++) {
+            const int col = 32 * g + 4 * tx;
+            if (col < n4) {
+                const float *rp = r + c * lr + col;
+                const float4 v0 = *reinterpret_cast<const float4 *>(rp);
+                const float4 v1 = *reinterpret_cast<const float4 *>(rp + lr);
+                const float4 v2 = *reinterpret_cast<const float4 *>(rp + 2 * lr);
+                const float4 v3 = *reinterpret_cast<const float4 *>(rp + 3 * lr);
+#pragma unroll
+                for (int i = 0; i < MI; i++) {
+                    float *o = acc[i][g];
+                    o[0] = fmaf(pv[i].w, v3.x, fmaf(pv[i].z, v2.x, fmaf(pv[i].y, v1.x, fmaf(pv[i].x, v0.x, o[0]))));
+                    o[1] = fmaf(pv[i].w, v3.y, fmaf(pv[i].z, v2.y, fmaf(pv[i].y, v1.y, fmaf(pv[i].x, v0.y, o[1]))));
+                    o[2] = fmaf(pv[i].w, v3.z, fmaf(pv[i].z, v2.z, fmaf(pv[i].y, v1.z, fmaf(pv[i].x, v0.z, o[2]))));
+                    o[3] = fmaf(pv[i].w, v3.w, fmaf(pv[i].z, v2.w, fmaf(pv[i].y, v1.w, fmaf(pv[i].x, v0.w, o[3]))));
+                }
+            }
+        }
+    }
+}
+
+/* dst row (contiguous, n columns) = mult acc[g][.] for this thread's columns. */
+template <int CG>
+__device__ __forceinline__ void store_row(float *dst, const float (&acc)[CG][4], int n, float mult,
+                                          bool vec, int tx) {
 #pragma unroll
     for (int g = 0; g < CG; g++) {
-        const int col = 64 * g + 4 * tx;
-        if (col < n4) {
-            const float4 v = *reinterpret_cast<const float4 *>(row + col);
+        const int col = 32 * g + 4 * tx;
+        if (vec && col + 4 <= n) {
+            *reinterpret_cast<float4 *>(dst + col) = make_float4(
+                mult * acc[g][0], mult * acc[g][1], mult * acc[g][2], mult * acc[g][3]);
+        } else {
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                acc[r][g][0] = fmaf(w[r], v.x, acc[r][g][0]);
-                acc[r][g][1] = fmaf(w[r], v.y, acc[r][g][1]);
-                acc[r][g][2] = fmaf(w[r], v.z, acc[r][g][2]);
-                acc[r][g][3] = fmaf(w[r], v.w, acc[r][g][3]);
-            }
+            for (int x = 0; x < 4; x++)
+                if (col + x < n) dst[col + x] = mult * acc[g][x];
         }
     }
 }
 
-/* dst row (contiguous, n columns) = mult acc[r][g][.] for this thread's columns. */
-template <int R, int CG>
-__device__ __forceinline__ void store_row(float *dst, const float (&acc)[R][CG][4], int r, int n,
-                                          float mult, int tx) {
+template <int MI, int CG> __device__ __forceinline__ void zero(float (&acc)[MI][CG][4]) {
 #pragma unroll
-    for (int g = 0; g < CG; g++)
-#pragma unroll
-        for (int x = 0; x < 4; x++) {
-            const int col = 64 * g + 4 * tx + x;
-            if (col < n) dst[col] = mult * acc[r][g][x];
-        }
-}
-
-template <int R, int CG> __device__ __forceinline__ void zero(float (&acc)[R][CG][4]) {
-#pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int i = 0; i < MI; i++)
 #pragma unroll
         for (int g = 0; g < CG; g++)
 #pragma unroll
-            for (int x = 0; x < 4; x++) acc[r][g][x] = 0.0f;
+            for (int x = 0; x < 4; x++) acc[i][g][x] = 0.0f;
 }
 
 /* ---- forward ---------------------------------------------------------------------- */
 
 template <int D, int BQ, int BK>
 __global__ void __launch_bounds__(NT, tiles<D>::FB) fwd_kernel(const args a) {
-    constexpr int MI = BQ / 16, NJ = BK / 16, RQ = BQ / 16, CG = D / 64, PT = BQ + 4;
+    constexpr int MI = BQ / TY, NJ = BK / TX, CG = D / (4 * TX), PS = BK + TX;
     extern __shared__ float4 smem4[];
     float *qs = reinterpret_cast<float *>(smem4);
-    float *ks = qs + BQ * a.qs, *vs = ks + BK * a.qs, *pt = vs + BK * a.vs; /* pt: P^T */
-    float *corr_s = pt + BK * PT, *l_s = corr_s + BQ;
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    float *ks = qs + BQ * a.qs, *vs = ks + BK * a.qs, *ps = vs + BK * a.vs; /* ps: P, by row */
+    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
     const int64_t nqt = (a.lq + BQ - 1) / BQ, b = blockIdx.x / nqt, i0 = blockIdx.x % nqt * BQ;
     const int rows = (int)min((int64_t)BQ, a.lq - i0);
     const float *kg = a.k.p + batch_off(a, a.k.bs, b), *vg = a.v.p + batch_off(a, a.v.bs, b);
     const int64_t moff = a.m.p ? batch_off(a, a.m.bs, b) : 0;
-    /* the scale rides in Q, as the CPU packs it */
-    load_rows<BQ>(qs, a.qs, a.q.p + batch_off(a, a.q.bs, b) + i0 * a.q.ld, a.q.ld, rows, a.e,
-                  a.e4, a.scale);
+    /* the scale (and log2 e) rides in Q, as the CPU packs the scale */
+    load_tile<BQ, D>(qs, a.qs, a.q.p + batch_off(a, a.q.bs, b) + i0 * a.q.ld, a.q.ld, rows, a.e,
+                     a.e4, a.scale * LOG2E, a.q.vec);
 
-    float m[MI], l[MI], o[RQ][CG][4];
+    float m[MI], l[MI], o[MI][CG][4];
 #pragma unroll
     for (int i = 0; i < MI; i++) m[i] = -INFINITY, l[i] = 0.0f;
     zero(o);
@@ -242,75 +321,60 @@ __global__ void __launch_bounds__(NT, tiles<D>::FB) fwd_kernel(const args a) {
     const int64_t kend = a.causal ? min(a.lk, i0 + rows) : a.lk;
     for (int64_t k0 = 0; k0 < kend; k0 += BK) {
         const int kn = (int)min((int64_t)BK, kend - k0);
-        load_rows<BK>(ks, a.qs, kg + k0 * a.k.ld, a.k.ld, kn, a.e, a.e4, 1.0f);
-        load_rows<BK>(vs, a.vs, vg + k0 * a.v.ld, a.v.ld, kn, a.ev, a.ev4, 1.0f);
+        /* a tile-uniform test: interior tiles without a mask skip the per-score
+         * work; padding keys (zero rows of K) must not enter the softmax */
+        const bool need = a.m.p || kn < BK || (a.causal && k0 + kn - 1 > i0);
+        __syncthreads(); /* every warp is done with the previous ks, vs, ps (Q is loaded) */
+        load_tile<BK, D>(ks, a.qs, kg + k0 * a.k.ld, a.k.ld, kn, a.e, a.e4, 1.0f, a.k.vec);
+        load_tile<BK, D>(vs, a.vs, vg + k0 * a.v.ld, a.v.ld, kn, a.ev, a.ev4, 1.0f, a.v.vec);
+        if (need) stage_mask<BQ, BK, false>(a, ps, PS, moff, i0, rows, k0, kn);
         __syncthreads();
         float s[MI][NJ];
         score_block<MI, NJ>(s, qs, a.qs, ks, a.qs, a.e4, ty, tx);
+        if (need) apply_mask<MI, NJ>(s, ps + ty * PS + tx, PS);
 #pragma unroll
         for (int i = 0; i < MI; i++) {
-            const int qi = ty + 16 * i;
-            float tmax = -INFINITY;
+            float tmax = s[i][0];
 #pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                const int kj = tx + 16 * j;
-                s[i][j] = qi < rows && kj < kn ? mask_score(a, s[i][j], moff, i0 + qi, k0 + kj)
-                                               : -INFINITY;
-                tmax = max_nan(tmax, s[i][j]);
-            }
-            for (int off = 1; off < 16; off <<= 1)
+            for (int j = 1; j < NJ; j++) tmax = max_nan(tmax, s[i][j]);
+#pragma unroll
+            for (int off = 1; off < TX; off <<= 1)
                 tmax = max_nan(tmax, __shfl_xor_sync(FULL, tmax, off));
             const float mnew = max_nan(m[i], tmax);
-            /* nothing attended yet: exp(-inf - 0) = 0 keeps P, l and O at 0 */
+            /* nothing attended yet: exp2(-inf - 0) = 0 keeps P, l and O at 0 */
             const float shift = mnew == -INFINITY ? 0.0f : mnew;
-            const float corr = mnew == -INFINITY ? 1.0f : expf(m[i] - mnew);
+            const float corr = mnew == -INFINITY ? 1.0f : exp2f(m[i] - mnew);
             float sum = 0.0f;
+            float *prow = ps + (ty + TY * i) * PS + tx;
 #pragma unroll
             for (int j = 0; j < NJ; j++) {
-                const float p = expf(s[i][j] - shift);
-                pt[(tx + 16 * j) * PT + qi] = p;
+                const float p = exp2f(s[i][j] - shift);
+                prow[TX * j] = p;
                 sum += p;
             }
-            for (int off = 1; off < 16; off <<= 1) sum += __shfl_xor_sync(FULL, sum, off);
+            /* xor butterfly: every lane of the row adds the same pairs, same bits */
+#pragma unroll
+            for (int off = 1; off < TX; off <<= 1) sum += __shfl_xor_sync(FULL, sum, off);
             l[i] = l[i] * corr + sum;
             m[i] = mnew;
-            if (tx == 0) corr_s[qi] = corr;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int r = 0; r < RQ; r++) {
-            const float c = corr_s[ty * RQ + r];
 #pragma unroll
             for (int g = 0; g < CG; g++)
 #pragma unroll
-                for (int x = 0; x < 4; x++) o[r][g][x] *= c;
+                for (int x = 0; x < 4; x++) o[i][g][x] *= corr;
         }
-#pragma unroll 4
-        for (int kk = 0; kk < kn; kk++) {
-            float p[RQ];
-            load_vec<RQ>(p, pt + kk * PT + ty * RQ);
-            row_update<RQ, CG>(o, p, vs + kk * a.vs, a.ev4, tx);
-        }
-        __syncthreads(); /* the next tile overwrites ks, vs, pt, corr_s */
+        __syncwarp(); /* the warp's P rows are written */
+        /* O += P V; past kn, P = 0 and V's rows are zero */
+        acc_update<MI, CG, BK>(o, ps, PS, vs, a.vs, a.ev4, ty, tx);
     }
 #pragma unroll
     for (int i = 0; i < MI; i++) {
-        const int qi = ty + 16 * i;
-        if (tx == 0) {
-            l_s[qi] = l[i];
-            if (qi < rows)
-                a.lse[b * a.lq + i0 + qi] = l[i] == 0.0f ? -INFINITY : m[i] + logf(l[i]);
-        }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < RQ; r++) {
-        const int qi = ty * RQ + r;
+        const int qi = ty + TY * i;
         if (qi >= rows) continue;
-        const float lr = l_s[qi];
+        const int64_t row = b * a.lq + i0 + qi;
+        if (tx == 0) a.lse[row] = l[i] == 0.0f ? -INFINITY : (m[i] + log2f(l[i])) * LN2;
         /* the row attends no key: zeros (torch >= 2.5), not 0/0 */
-        store_row<RQ, CG>(a.out + (b * a.lq + i0 + qi) * a.ev, o, r, a.ev,
-                          lr == 0.0f ? 0.0f : 1.0f / lr, tx);
+        store_row<CG>(a.out + row * a.ev, o[i], a.ev, l[i] == 0.0f ? 0.0f : 1.0f / l[i],
+                      a.out_vec, tx);
     }
 }
 
@@ -330,156 +394,152 @@ __global__ void __launch_bounds__(NT) dsum_kernel(const args a) {
     if (lane == 0) a.dsum[row] = acc;
 }
 
-/* exp() shift of a query row: L, or +inf for a row that attends nothing (P = 0). */
-__device__ __forceinline__ float lse_shift(float l) { return l == -INFINITY ? INFINITY : l; }
-
-/* Query rows [i0, i0 + n) of batch b into q_s, g_s (dO), lse_s (the shift) and
- * d_s; rows past n are zero (finite padding: P = 0 there, dS = 0). */
-template <int BQ>
-__device__ __forceinline__ void load_query_side(const args &a, int64_t b, int64_t i0, int n,
-                                                float *q_s, float *g_s, float *lse_s, float *d_s) {
-    load_rows<BQ>(q_s, a.qs, a.q.p + batch_off(a, a.q.bs, b) + i0 * a.q.ld, a.q.ld, n, a.e, a.e4,
-                  1.0f);
-    load_rows<BQ>(g_s, a.vs, a.go.p + batch_off(a, a.go.bs, b) + i0 * a.go.ld, a.go.ld, n, a.ev,
-                  a.ev4, 1.0f);
-    for (int r = threadIdx.x; r < BQ; r += NT) {
-        lse_s[r] = r < n ? lse_shift(a.lse_in[b * a.lq + i0 + r]) : 0.0f;
-        d_s[r] = r < n && a.dsum ? a.dsum[b * a.lq + i0 + r] : 0.0f;
-    }
+/* exp2() shift of query row `row` (< n valid): log2(e) L, +inf for a row that
+ * attends nothing and for padding rows (P = 0 either way). */
+__device__ __forceinline__ float lse_shift(const args &a, int64_t b, int64_t i0, int r, int n) {
+    if (r >= n) return INFINITY;
+    const float l = a.lse_in[b * a.lq + i0 + r];
+    return l == -INFINITY ? INFINITY : l * LOG2E;
 }
 
-/* P (and dS when want_ds) of the score block: rows ty + 16 i of the query tile
- * (n of them valid) against columns tx + 16 j of the key tile (kn valid). */
-template <int MI, int NJ>
-__device__ __forceinline__ void probs(const args &a, float (&s)[MI][NJ], float (&dp)[MI][NJ],
-                                      bool want_ds, int64_t moff, int64_t i0, int n, int64_t k0,
-                                      int kn, const float *lse_s, const float *d_s, int ty, int tx) {
-#pragma unroll
-    for (int i = 0; i < MI; i++) {
-        const int qi = ty + 16 * i;
-#pragma unroll
-        for (int j = 0; j < NJ; j++) {
-            const int kj = tx + 16 * j;
-            const float sv = qi < n && kj < kn ? mask_score(a, s[i][j], moff, i0 + qi, k0 + kj)
-                                               : -INFINITY;
-            const float p = expf(sv - lse_s[qi]);
-            s[i][j] = p;
-            if (want_ds) dp[i][j] = p * (dp[i][j] - d_s[qi]);
-        }
-    }
-}
-
-/* One (batch, key tile): rows k0 .. k0 + kn of dK and dV over all query tiles. */
+/* One (batch, key tile): rows k0 .. k0 + kn of dK and dV over all query tiles.
+ * The transposed view: a thread's rows are keys, its score columns queries. */
 template <int D, int BQ, int BK>
 __global__ void __launch_bounds__(NT, tiles<D>::KB) dkv_kernel(const args a) {
-    constexpr int MI = BQ / 16, NJ = BK / 16, RK = BK / 16, CG = D / 64, PS = BK + 16;
-    /* PS: 16 mod 32, so the two query rows a warp writes land in disjoint banks */
+    constexpr int MI = BK / TY, NJ = BQ / TX, CG = D / (4 * TX), PS = BQ + TX;
     extern __shared__ float4 smem4[];
-    float *q_s = reinterpret_cast<float *>(smem4);
-    float *g_s = q_s + BQ * a.qs, *k_s = g_s + BQ * a.vs, *v_s = k_s + BK * a.qs;
-    float *p_s = v_s + BK * a.vs, *ds_s = p_s + BQ * PS, *lse_s = ds_s + BQ * PS;
-    float *d_s = lse_s + BQ;
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    float *k_s = reinterpret_cast<float *>(smem4);
+    float *v_s = k_s + BK * a.qs, *q_s = v_s + BK * a.vs, *g_s = q_s + BQ * a.qs;
+    float *p_s = g_s + BQ * a.vs, *lse_s = p_s + BK * PS, *d_s = lse_s + BQ;
+    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
     const int64_t nkt = (a.lk + BK - 1) / BK, b = blockIdx.x / nkt, k0 = blockIdx.x % nkt * BK;
     const int kn = (int)min((int64_t)BK, a.lk - k0);
     const bool want_dk = a.dk != nullptr, want_dv = a.dv != nullptr;
     const int64_t moff = a.m.p ? batch_off(a, a.m.bs, b) : 0;
-    /* the scale rides in K (S = Q (scale K)^T), dK is scaled at the end */
-    load_rows<BK>(k_s, a.qs, a.k.p + batch_off(a, a.k.bs, b) + k0 * a.k.ld, a.k.ld, kn, a.e, a.e4,
-                  a.scale);
-    load_rows<BK>(v_s, a.vs, a.v.p + batch_off(a, a.v.bs, b) + k0 * a.v.ld, a.v.ld, kn, a.ev,
-                  a.ev4, 1.0f);
-    float dk[RK][CG][4], dv[RK][CG][4];
+    const float *qg = a.q.p + batch_off(a, a.q.bs, b), *gg = a.go.p + batch_off(a, a.go.bs, b);
+    /* the scale (and log2 e) rides in K: S^T = (scale K) Q^T; dK is scaled at the end */
+    load_tile<BK, D>(k_s, a.qs, a.k.p + batch_off(a, a.k.bs, b) + k0 * a.k.ld, a.k.ld, kn, a.e,
+                     a.e4, a.scale * LOG2E, a.k.vec);
+    load_tile<BK, D>(v_s, a.vs, a.v.p + batch_off(a, a.v.bs, b) + k0 * a.v.ld, a.v.ld, kn, a.ev,
+                     a.ev4, 1.0f, a.v.vec);
+    float dk[MI][CG][4], dv[MI][CG][4];
     zero(dk);
     zero(dv);
     /* causal: queries before k0 see none of these keys */
     for (int64_t i0 = a.causal ? k0 / BQ * BQ : 0; i0 < a.lq; i0 += BQ) {
         const int n = (int)min((int64_t)BQ, a.lq - i0);
         if (a.causal && i0 + n <= k0) break;
-        __syncthreads(); /* the previous tile is done with q_s .. d_s */
-        load_query_side<BQ>(a, b, i0, n, q_s, g_s, lse_s, d_s);
+        __syncthreads(); /* the previous tile is done with q_s .. d_s and p_s */
+        load_tile<BQ, D>(q_s, a.qs, qg + i0 * a.q.ld, a.q.ld, n, a.e, a.e4, 1.0f, a.q.vec);
+        load_tile<BQ, D>(g_s, a.vs, gg + i0 * a.go.ld, a.go.ld, n, a.ev, a.ev4, 1.0f, a.go.vec);
+        for (int r = threadIdx.x; r < BQ; r += NT) {
+            lse_s[r] = lse_shift(a, b, i0, r, n);
+            d_s[r] = r < n && a.dsum ? a.dsum[b * a.lq + i0 + r] : 0.0f;
+        }
+        /* padding queries have shift +inf (P = 0); padding keys only reach their
+         * own (unstored) rows, so only the mask and the diagonal need the test */
+        const bool need = a.m.p || (a.causal && k0 + kn - 1 > i0);
+        if (need) stage_mask<BQ, BK, true>(a, p_s, PS, moff, i0, n, k0, kn);
         __syncthreads();
         float s[MI][NJ], dp[MI][NJ];
-        score_block<MI, NJ>(s, q_s, a.qs, k_s, a.qs, a.e4, ty, tx);
-        if (want_dk) score_block<MI, NJ>(dp, g_s, a.vs, v_s, a.vs, a.ev4, ty, tx);
-        probs<MI, NJ>(a, s, dp, want_dk, moff, i0, n, k0, kn, lse_s, d_s, ty, tx);
+        score_block<MI, NJ>(s, k_s, a.qs, q_s, a.qs, a.e4, ty, tx);
+        if (want_dk) score_block<MI, NJ>(dp, v_s, a.vs, g_s, a.vs, a.ev4, ty, tx);
+        if (need) apply_mask<MI, NJ>(s, p_s + ty * PS + tx, PS);
 #pragma unroll
         for (int i = 0; i < MI; i++)
 #pragma unroll
             for (int j = 0; j < NJ; j++) {
-                const int at = (ty + 16 * i) * PS + tx + 16 * j;
-                p_s[at] = s[i][j];
-                if (want_dk) ds_s[at] = dp[i][j];
+                const int qc = tx + TX * j;
+                const float p = exp2f(s[i][j] - lse_s[qc]);
+                s[i][j] = p;
+                if (want_dk) dp[i][j] = p * (dp[i][j] - d_s[qc]);
             }
-        __syncthreads();
-        /* dV += P^T dO and dK += dS^T Q, the query rows in increasing order */
-#pragma unroll 2
-        for (int qq = 0; qq < n; qq++) {
-            float w[RK];
-            if (want_dv) {
-                load_vec<RK>(w, p_s + qq * PS + ty * RK);
-                row_update<RK, CG>(dv, w, g_s + qq * a.vs, a.ev4, tx);
-            }
-            if (want_dk) {
-                load_vec<RK>(w, ds_s + qq * PS + ty * RK);
-                row_update<RK, CG>(dk, w, q_s + qq * a.qs, a.e4, tx);
-            }
+        /* dV += P^T dO, then dK += dS^T Q, the query rows in increasing order;
+         * the warp's own rows of P^T, then dS^T, go through p_s */
+        if (want_dv) {
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int j = 0; j < NJ; j++) p_s[(ty + TY * i) * PS + tx + TX * j] = s[i][j];
+            __syncwarp();
+            acc_update<MI, CG, BQ>(dv, p_s, PS, g_s, a.vs, a.ev4, ty, tx);
+        }
+        if (want_dk) {
+            __syncwarp(); /* the warp is done reading P^T */
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int j = 0; j < NJ; j++) p_s[(ty + TY * i) * PS + tx + TX * j] = dp[i][j];
+            __syncwarp();
+            acc_update<MI, CG, BQ>(dk, p_s, PS, q_s, a.qs, a.e4, ty, tx);
         }
     }
 #pragma unroll
-    for (int r = 0; r < RK; r++) {
-        const int kj = ty * RK + r;
-        if (kj >= kn) continue;
-        const int64_t row = b * a.lk + k0 + kj;
-        if (want_dk) store_row<RK, CG>(a.dk + row * a.e, dk, r, a.e, a.scale, tx);
-        if (want_dv) store_row<RK, CG>(a.dv + row * a.ev, dv, r, a.ev, 1.0f, tx);
+    for (int i = 0; i < MI; i++) {
+        const int kr = ty + TY * i;
+        if (kr >= kn) continue;
+        const int64_t row = b * a.lk + k0 + kr;
+        if (want_dk) store_row<CG>(a.dk + row * a.e, dk[i], a.e, a.scale, a.dk_vec, tx);
+        if (want_dv) store_row<CG>(a.dv + row * a.ev, dv[i], a.ev, 1.0f, a.dv_vec, tx);
     }
 }
 
 /* One (batch, query tile): rows i0 .. i0 + n of dQ over the key tiles in order. */
 template <int D, int BQ, int BK>
 __global__ void __launch_bounds__(NT, tiles<D>::QB) dq_kernel(const args a) {
-    constexpr int MI = BQ / 16, NJ = BK / 16, RQ = BQ / 16, CG = D / 64, PT = BQ + 4;
+    constexpr int MI = BQ / TY, NJ = BK / TX, CG = D / (4 * TX), PS = BK + TX;
     extern __shared__ float4 smem4[];
     float *q_s = reinterpret_cast<float *>(smem4);
     float *g_s = q_s + BQ * a.qs, *k_s = g_s + BQ * a.vs, *v_s = k_s + BK * a.qs;
-    float *dst = v_s + BK * a.vs, *lse_s = dst + BK * PT, *d_s = lse_s + BQ; /* dst: dS^T */
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    float *p_s = v_s + BK * a.vs; /* dS, by row */
+    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
     const int64_t nqt = (a.lq + BQ - 1) / BQ, b = blockIdx.x / nqt, i0 = blockIdx.x % nqt * BQ;
     const int n = (int)min((int64_t)BQ, a.lq - i0);
     const float *kg = a.k.p + batch_off(a, a.k.bs, b), *vg = a.v.p + batch_off(a, a.v.bs, b);
     const int64_t moff = a.m.p ? batch_off(a, a.m.bs, b) : 0;
-    load_query_side<BQ>(a, b, i0, n, q_s, g_s, lse_s, d_s);
-    float dq[RQ][CG][4];
+    /* the scale (and log2 e) rides in Q for S; dQ = scale dS K takes K as it is */
+    load_tile<BQ, D>(q_s, a.qs, a.q.p + batch_off(a, a.q.bs, b) + i0 * a.q.ld, a.q.ld, n, a.e,
+                     a.e4, a.scale * LOG2E, a.q.vec);
+    load_tile<BQ, D>(g_s, a.vs, a.go.p + batch_off(a, a.go.bs, b) + i0 * a.go.ld, a.go.ld, n,
+                     a.ev, a.ev4, 1.0f, a.go.vec);
+    float shift[MI], dd[MI], dq[MI][CG][4];
+#pragma unroll
+    for (int i = 0; i < MI; i++) {
+        const int qi = ty + TY * i;
+        shift[i] = lse_shift(a, b, i0, qi, n);
+        dd[i] = qi < n ? a.dsum[b * a.lq + i0 + qi] : 0.0f;
+    }
     zero(dq);
     const int64_t kend = a.causal ? min(a.lk, i0 + n) : a.lk;
     for (int64_t k0 = 0; k0 < kend; k0 += BK) {
         const int kn = (int)min((int64_t)BK, kend - k0);
-        __syncthreads(); /* the previous tile is done with k_s, v_s, dst */
-        /* K scaled: S = Q (scale K)^T and dQ = dS (scale K) */
-        load_rows<BK>(k_s, a.qs, kg + k0 * a.k.ld, a.k.ld, kn, a.e, a.e4, a.scale);
-        load_rows<BK>(v_s, a.vs, vg + k0 * a.v.ld, a.v.ld, kn, a.ev, a.ev4, 1.0f);
+        /* padding keys must give P = 0 here: exp2(0 - shift) may overflow */
+        const bool need = a.m.p || kn < BK || (a.causal && k0 + kn - 1 > i0);
+        __syncthreads(); /* the previous tile is done with k_s, v_s, p_s (Q, dO are loaded) */
+        load_tile<BK, D>(k_s, a.qs, kg + k0 * a.k.ld, a.k.ld, kn, a.e, a.e4, 1.0f, a.k.vec);
+        load_tile<BK, D>(v_s, a.vs, vg + k0 * a.v.ld, a.v.ld, kn, a.ev, a.ev4, 1.0f, a.v.vec);
+        if (need) stage_mask<BQ, BK, false>(a, p_s, PS, moff, i0, n, k0, kn);
         __syncthreads();
         float s[MI][NJ], dp[MI][NJ];
         score_block<MI, NJ>(s, q_s, a.qs, k_s, a.qs, a.e4, ty, tx);
         score_block<MI, NJ>(dp, g_s, a.vs, v_s, a.vs, a.ev4, ty, tx);
-        probs<MI, NJ>(a, s, dp, true, moff, i0, n, k0, kn, lse_s, d_s, ty, tx);
+        float *prow = p_s + ty * PS + tx;
+        if (need) apply_mask<MI, NJ>(s, prow, PS);
 #pragma unroll
         for (int i = 0; i < MI; i++)
 #pragma unroll
-            for (int j = 0; j < NJ; j++) dst[(tx + 16 * j) * PT + ty + 16 * i] = dp[i][j];
-        __syncthreads();
-#pragma unroll 4
-        for (int kk = 0; kk < kn; kk++) {
-            float w[RQ];
-            load_vec<RQ>(w, dst + kk * PT + ty * RQ);
-            row_update<RQ, CG>(dq, w, k_s + kk * a.qs, a.e4, tx);
-        }
+            for (int j = 0; j < NJ; j++) {
+                const float p = exp2f(s[i][j] - shift[i]);
+                prow[TY * i * PS + TX * j] = p * (dp[i][j] - dd[i]); /* dS */
+            }
+        __syncwarp(); /* the warp's dS rows are written */
+        acc_update<MI, CG, BK>(dq, p_s, PS, k_s, a.qs, a.e4, ty, tx);
     }
 #pragma unroll
-    for (int r = 0; r < RQ; r++) {
-        const int qi = ty * RQ + r;
-        if (qi < n) store_row<RQ, CG>(a.dq + (b * a.lq + i0 + qi) * a.e, dq, r, a.e, 1.0f, tx);
+    for (int i = 0; i < MI; i++) {
+        const int qi = ty + TY * i;
+        if (qi < n)
+            store_row<CG>(a.dq + (b * a.lq + i0 + qi) * a.e, dq[i], a.e, a.scale, a.dq_vec, tx);
     }
 }
 
@@ -489,10 +549,16 @@ int round4(int64_t n) { return (int)((n + 3) / 4 * 4); }
 /* a row stride of an odd number of float4s */
 int odd_quads(int n4) { return n4 / 4 % 2 ? n4 : n4 + 4; }
 
+bool aligned16(const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 void set_operand(operand &o, const dr_tensor *t, int32_t nb) {
     o.p = t ? dr_cuda_ptr<float>(t) : nullptr;
     o.ld = t ? t->strides[t->ndim - 2] : 0;
-    for (int32_t d = 0; d < DR_MAX_DIMS; d++) o.bs[d] = t && d < nb ? t->strides[d] : 0;
+    o.vec = o.p && aligned16(o.p) && o.ld % 4 == 0;
+    for (int32_t d = 0; d < DR_MAX_DIMS; d++) {
+        o.bs[d] = t && d < nb ? t->strides[d] : 0;
+        if (o.bs[d] % 4) o.vec = 0;
+    }
 }
 
 args make_args(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v, const dr_tensor *mask,
@@ -556,7 +622,7 @@ size_t floats(int64_t n) { return (size_t)n * sizeof(float); }
 
 template <int D> dr_status run_forward(const args &a, cudaStream_t stream) {
     constexpr int BQ = tiles<D>::FQ, BK = tiles<D>::FK;
-    const size_t smem = floats((int64_t)(BQ + BK) * a.qs + BK * a.vs + BK * (BQ + 4) + 2 * BQ);
+    const size_t smem = floats((int64_t)(BQ + BK) * a.qs + BK * a.vs + BQ * (BK + TX));
     return launch(fwd_kernel<D, BQ, BK>, a.batch * ((a.lq + BQ - 1) / BQ), smem, stream, a, OP_FWD,
                   "forward");
 }
@@ -564,13 +630,14 @@ template <int D> dr_status run_forward(const args &a, cudaStream_t stream) {
 template <int D> dr_status run_backward(const args &a, cudaStream_t stream) {
     if (a.dk || a.dv) {
         constexpr int BQ = tiles<D>::KQ, BK = tiles<D>::KK;
-        const size_t smem = floats((int64_t)(BQ + BK) * (a.qs + a.vs) + 2 * BQ * (BK + 16) + 2 * BQ);
+        const size_t smem =
+            floats((int64_t)(BQ + BK) * (a.qs + a.vs) + BK * (BQ + TX) + 2 * BQ);
         DR_TRY(launch(dkv_kernel<D, BQ, BK>, a.batch * ((a.lk + BK - 1) / BK), smem, stream, a,
                       OP_BWD, "dK/dV"));
     }
     if (a.dq) {
         constexpr int BQ = tiles<D>::QQ, BK = tiles<D>::QK;
-        const size_t smem = floats((int64_t)(BQ + BK) * (a.qs + a.vs) + BK * (BQ + 4) + 2 * BQ);
+        const size_t smem = floats((int64_t)(BQ + BK) * (a.qs + a.vs) + BQ * (BK + TX));
         DR_TRY(launch(dq_kernel<D, BQ, BK>, a.batch * ((a.lq + BQ - 1) / BQ), smem, stream, a,
                       OP_BWD, "dQ"));
     }
@@ -596,6 +663,7 @@ dr_status cuda_attention(dr_tensor *out, dr_tensor *lse, const dr_tensor *q, con
     if (a.batch == 0 || a.lq == 0) return DR_OK;
     a.out = dr_cuda_ptr<float>(out);
     a.lse = dr_cuda_ptr<float>(lse);
+    a.out_vec = aligned16(a.out) && a.ev % 4 == 0;
     switch (padded_head_dim(a)) {
     case 64: return run_forward<64>(a, stream);
     case 128: return run_forward<128>(a, stream);
@@ -621,6 +689,9 @@ dr_status cuda_attention_backward(dr_tensor *grad_q, dr_tensor *grad_k, dr_tenso
     a.dq = grad_q ? dr_cuda_ptr<float>(grad_q) : nullptr;
     a.dk = grad_k ? dr_cuda_ptr<float>(grad_k) : nullptr;
     a.dv = grad_v ? dr_cuda_ptr<float>(grad_v) : nullptr;
+    a.dq_vec = a.dq && aligned16(a.dq) && a.e % 4 == 0;
+    a.dk_vec = a.dk && aligned16(a.dk) && a.e % 4 == 0;
+    a.dv_vec = a.dv && aligned16(a.dv) && a.ev % 4 == 0;
     /* D is read by dS only, which dV does not need */
     const int64_t rows = a.batch * a.lq;
     const size_t dbytes = floats(rows);
