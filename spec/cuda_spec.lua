@@ -9,6 +9,14 @@ describe('cuda without a device #binding', function()
     local ok, err = pcall(dr.zeros, { 2 }, { device = 'cuda' })
     assert.is_false(ok)
     assert.truthy(tostring(err):find('cuda:0', 1, true))
+    for _, f in ipairs { function() return dr.cuda.memory_stats() end,
+                         function() return dr.cuda.synchronize() end,
+                         function() return dr.ones({ 2 }):cuda() end } do
+      ok, err = pcall(f)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find('cuda:0', 1, true), tostring(err))
+    end
+    dr.cuda.empty_cache() -- harmless without a device
   end)
 end)
 
