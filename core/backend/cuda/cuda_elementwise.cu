@@ -30,9 +30,6 @@ namespace {
 
 const int THREADS = DR_CUDA_EW_THREADS;
 
-#define GRID_STRIDE(i, n)                                                                   \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);               \
-         i += (int64_t)gridDim.x * blockDim.x)
 
 /* ---- geometry --------------------------------------------------------------- */
 

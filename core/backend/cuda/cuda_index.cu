@@ -19,26 +19,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-struct Scratch {
-    int32_t dev;
-    void *ptr = nullptr;
-    size_t bytes = 0;
-    explicit Scratch(int32_t d) : dev(d) {}
-    Scratch(const Scratch &) = delete;
-    Scratch &operator=(const Scratch &) = delete;
-    dr_status alloc(size_t n) {
-        bytes = n;
-        return dr_cuda_scratch(dev, n, &ptr);
-    }
-    template <typename T> T *as() const { return (T *)ptr; }
-    ~Scratch() {
-        if (ptr) dr_cuda_scratch_free(dev, ptr, bytes);
-    }
-};
 
-#define GRID_STRIDE(i, n)                                                                                    \
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                                \
-         i += (int64_t)gridDim.x * blockDim.x)
 
 /* t's strides walked over `sizes` (another tensor's shape, or its lines with
  * size 1 at dim); stride `zero_dim` left out (-1: none). */

@@ -62,6 +62,30 @@ static inline unsigned dr_cuda_blocks(int64_t n, int threads) {
 dr_status dr_cuda_scratch(int32_t device_index, size_t nbytes, void **ptr);
 void dr_cuda_scratch_free(int32_t device_index, void *ptr, size_t nbytes);
 
+/* Scratch owned by a scope: released (stream-ordered) when the entry returns, after
+ * its kernels are queued; early returns on an error free it too. */
+struct Scratch {
+    int32_t dev;
+    void *ptr = nullptr;
+    size_t bytes = 0;
+    explicit Scratch(int32_t d) : dev(d) {}
+    Scratch(const Scratch &) = delete;
+    Scratch &operator=(const Scratch &) = delete;
+    dr_status alloc(size_t n) {
+        bytes = n;
+        return dr_cuda_scratch(dev, n, &ptr);
+    }
+    template <typename T> T *as() const { return (T *)ptr; }
+    ~Scratch() {
+        if (ptr) dr_cuda_scratch_free(dev, ptr, bytes);
+    }
+};
+
+/* A grid-stride loop over [0, n) with 64-bit indices. */
+#define GRID_STRIDE(i, n)                                                                   \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);               \
+         i += (int64_t)gridDim.x * blockDim.x)
+
 /* Waits for device_index's stream (for results read on the host, e.g. sum_squares). */
 dr_status dr_cuda_sync(int32_t device_index, const char *op);
 

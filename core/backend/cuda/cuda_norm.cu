@@ -25,26 +25,7 @@ constexpr int kThreads = 256, kWarps = kThreads / 32;
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __device__ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-struct Scratch {
-    int32_t dev;
-    void *ptr = nullptr;
-    size_t bytes = 0;
-    explicit Scratch(int32_t d) : dev(d) {}
-    Scratch(const Scratch &) = delete;
-    Scratch &operator=(const Scratch &) = delete;
-    dr_status alloc(size_t n) {
-        bytes = n;
-        return dr_cuda_scratch(dev, n, &ptr);
-    }
-    template <typename T> T *as() const { return (T *)ptr; }
-    ~Scratch() {
-        if (ptr) dr_cuda_scratch_free(dev, ptr, bytes);
-    }
-};
 
-#define GRID_STRIDE(i, n)                                                                                    \
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                                \
-         i += (int64_t)gridDim.x * blockDim.x)
 
 static const float *data_or_null(const dr_tensor *t) { return t ? dr_cuda_ptr<float>(t) : nullptr; }
 

@@ -18,9 +18,6 @@ namespace {
 
 const int THREADS = DR_CUDA_EW_THREADS;
 
-#define GRID_STRIDE(i, n)                                                                   \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);               \
-         i += (int64_t)gridDim.x * blockDim.x)
 
 /* m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;
  * p <- p decay - step_size m / (sqrt(v) / sqrt(bc2) + eps) */

@@ -26,24 +26,6 @@ constexpr int kThreads = 256;
 
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Scratch released (stream-ordered) when the entry returns, after its kernels
- * are queued; early returns on a launch error free it too. */
-struct Scratch {
-    int32_t dev;
-    void *ptr = nullptr;
-    size_t bytes = 0;
-    explicit Scratch(int32_t d) : dev(d) {}
-    Scratch(const Scratch &) = delete;
-    Scratch &operator=(const Scratch &) = delete;
-    dr_status alloc(size_t n) {
-        bytes = n;
-        return dr_cuda_scratch(dev, n, &ptr);
-    }
-    template <typename T> T *as() const { return (T *)ptr; }
-    ~Scratch() {
-        if (ptr) dr_cuda_scratch_free(dev, ptr, bytes);
-    }
-};
 
 /* ---- geometry ------------------------------------------------------------------ */
 
