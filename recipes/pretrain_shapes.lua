@@ -104,6 +104,7 @@ else
   end
   parts = pretrain.build(cfg, tok_dir)
 end
+pretrain.to_device(parts, cfg.run.device) -- before the optimizers: their state lives beside the weights
 
 local vae_steps = cfg.model.init and 0 or cfg.vae.steps
 local total = vae_steps + cfg.train.steps
@@ -153,8 +154,8 @@ if args.resume then
   end)
   for key, o in pairs { adam = opt, adam_vae = vae_opt or nil } do
     if st.tensors[key .. '.exp_avg'] then
-      o.state.flat = { exp_avg = st.tensors[key .. '.exp_avg']:clone(),
-                       exp_avg_sq = st.tensors[key .. '.exp_avg_sq']:clone() }
+      o.state.flat = { exp_avg = st.tensors[key .. '.exp_avg']:to(parts.device):clone(),
+                       exp_avg_sq = st.tensors[key .. '.exp_avg_sq']:to(parts.device):clone() }
     end
   end
   local lua = st.lua
@@ -180,7 +181,7 @@ local function sample_grid()
       height = cfg.data.resolution, width = cfg.data.resolution,
     })
   end)
-  return run:save_grid(step, images, prompts, { nrow = #cfg.sample.prompts })
+  return run:save_grid(step, images:cpu(), prompts, { nrow = #cfg.sample.prompts })
 end
 
 -- Phase 1's end: the latent scale, the VAE frozen, inputs over reconstructions.
@@ -190,8 +191,8 @@ local function finish_vae()
   parts.vae:requires_grad(false)
   local x = images:narrow(1, 1, 8)
   local recon = dr.no_grad(function()
-    local mean = parts.vae:encode(x * 2 - 1)
-    return (parts.vae:decode(mean) * 0.5 + 0.5):clamp(0, 1)
+    local mean = parts.vae:encode(x:to(parts.device) * 2 - 1)
+    return (parts.vae:decode(mean) * 0.5 + 0.5):clamp(0, 1):cpu()
   end)
   local labels = {}
   for i = 1, 8 do labels[i], labels[i + 8] = captions[i], 'reconstruction of ' .. captions[i] end

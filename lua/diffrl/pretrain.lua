@@ -416,10 +416,19 @@ function M.pipeline(parts)
     dir = '(training)', index = M.model_index(), clip_skip = 0,
     tokenizer = parts.tokenizer, text_encoder = parts.text_encoder, unet = parts.unet,
     vae = parts.vae, scheduler = parts.scheduler, scheduler_class = 'DDIMScheduler',
-    scaling_factor = parts.scaling_factor, vae_scale = parts.vae_scale,
+    scaling_factor = parts.scaling_factor, vae_scale = parts.vae_scale, device = parts.device or 'cpu',
     sample_size = parts.configs.unet.sample_size * parts.vae_scale,
     latent_channels = parts.latent_channels, unet_levels = levels,
   }, pipeline.Pipeline)
+end
+
+-- Moves the three models to `device` ('cpu', 'cuda', 'cuda:N') in place and records it in
+-- parts.device: the losses and pipeline(parts) then move their inputs there. Move before
+-- building the optimizers.
+function M.to_device(parts, device)
+  for _, k in ipairs { 'unet', 'vae', 'text_encoder' } do parts[k]:to(device) end
+  parts.device = device
+  return parts
 end
 
 -- ---- losses -----------------------------------------------------------------------------------
@@ -431,11 +440,11 @@ end
 -- bounded, the scale is fixed afterwards by calibrate_scaling).
 function M.vae_loss(parts, images, gen, opts)
   local kl_weight = opts and opts.kl_weight or 1e-4
-  local x = images * 2 - 1
+  local x = images:to(parts.device or 'cpu') * 2 - 1
   local mean, logvar = parts.vae:encode(x)
   logvar = logvar:clamp(-30, 20) -- diffusers' DiagonalGaussianDistribution
   local std = (logvar * 0.5):exp()
-  local z = mean + std * core.randn(mean.shape, { generator = gen })
+  local z = mean + std * core.randn(mean.shape, { generator = gen, device = mean.device })
   local d = parts.vae:decode(z) - x
   local mse = (d * d):mean()
   local kl = (mean * mean + logvar:exp() - logvar - 1):mean() * 0.5
@@ -446,7 +455,7 @@ end
 -- Diffusion's 0.18215 was chosen: unit-variance latents for the diffusion).
 function M.calibrate_scaling(parts, images)
   local std = core.no_grad(function()
-    local mean = parts.vae:encode(images * 2 - 1)
+    local mean = parts.vae:encode(images:to(parts.device or 'cpu') * 2 - 1)
     local m = mean:mean():item()
     local c = mean - m
     return math.sqrt((c * c):mean():item())
@@ -458,7 +467,7 @@ end
 
 -- Text embeddings [B, L, D] of captions, with the gradient into the text encoder.
 function M.encode_text(parts, captions)
-  local ids = parts.tokenizer:encode(captions)
+  local ids = parts.tokenizer:encode(captions):to(parts.device or 'cpu')
   return (parts.text_encoder:forward(ids))
 end
 
@@ -471,7 +480,7 @@ function M.diffusion_loss(parts, images, captions, gen, opts)
   opts = opts or {}
   local n = images:size(1)
   local latents = core.no_grad(function()
-    local mean = parts.vae:encode(images * 2 - 1)
+    local mean = parts.vae:encode(images:to(parts.device or 'cpu') * 2 - 1)
     return mean * parts.scaling_factor
   end)
   local drop = opts.caption_dropout or 0
@@ -482,7 +491,7 @@ function M.diffusion_loss(parts, images, captions, gen, opts)
     captions = kept
   end
   local cond = M.encode_text(parts, captions)
-  local noise = core.randn(latents.shape, { generator = gen })
+  local noise = core.randn(latents.shape, { generator = gen, device = latents.device })
   local ts = core.randint(0, parts.scheduler.num_train_timesteps, { n }, { generator = gen })
   local noisy = rl.add_noise(latents, noise, ts, parts.scheduler)
   local pred = parts.unet:forward(noisy, ts, cond)
@@ -498,6 +507,7 @@ M.schema = {
   run = {
     dir = { type = 'string', optional = true, doc = 'run folder; unset: runs/pretrain_shapes-<time>' },
     seed = { type = 'integer', default = 0, doc = 'seed of the init, the data stream, noise and timesteps' },
+    device = { type = 'string', default = 'cpu', doc = "where the models train: 'cpu', 'cuda' or 'cuda:N'" },
   },
   model = {
     init = { type = 'string', optional = true,
