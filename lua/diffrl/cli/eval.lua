@@ -59,6 +59,8 @@ Options:
   --height H, --width W  image size (default: the model's, or the run's resolution)
   --batch N            images per forward pass (default 8)
   --threads N          CPU threads (default: all)
+  --device D           where the models sample: cpu (default), cuda, cuda:N (a CUDA build);
+                       rewards always score images on the cpu
   --base DIR           the base model of checkpoints (default: the run's model.path)
   --ema                load a checkpoint's EMA weights instead of its parameters
   --bootstrap N        bootstrap resamples (default 1000)
@@ -78,7 +80,7 @@ local NUMERIC = { steps = 'int', cfg = 'num', eta = 'num', seed = 'int', height 
                   ['bootstrap-seed'] = 'int', ['html-rows'] = 'int' }
 local STRING = { model = true, against = true, run = true, rewards = true, ['reward-config'] = true,
                  ['group-rewards'] = true, negative = true, base = true, output = true,
-                 ['prompt-column'] = true, ['set-column'] = true }
+                 ['prompt-column'] = true, ['set-column'] = true, device = true }
 local LIST = { prompts = true, ['reward-opt'] = true }
 local FLAG = { ema = true, overwrite = true, quiet = true, help = true }
 
@@ -219,12 +221,12 @@ function M.main(o)
   local models = {}
   if o.run then
     local _, base = sources.run_config(run_dir, o.base)
-    local m0 = sources.model(base)
+    local m0 = sources.model(base, { device = o.device })
     m0.step, m0.label = 0, 'step 0'
     models[1] = m0
     for _, c in ipairs(sources.checkpoints(run_dir)) do
       if not o.every or c.step % o.every == 0 then
-        local m = sources.model(c.path, { base = o.base, ema = o.ema })
+        local m = sources.model(c.path, { base = o.base, ema = o.ema, device = o.device })
         m.label = ('step %d'):format(c.step)
         models[#models + 1] = m
       end
@@ -232,9 +234,9 @@ function M.main(o)
     if #models == 1 then io.stderr:write(('diffrl eval: %s has no checkpoint%s: only the base model is evaluated\n')
       :format(run_dir, o.every and (' at a multiple of %d'):format(o.every) or '')) end
   else
-    models[1] = sources.model(o.model, { base = o.base, ema = o.ema })
+    models[1] = sources.model(o.model, { base = o.base, ema = o.ema, device = o.device })
     if o.against then
-      models[2] = sources.model(o.against, { base = o.base, ema = o.ema })
+      models[2] = sources.model(o.against, { base = o.base, ema = o.ema, device = o.device })
       if models[2].label == models[1].label then
         models[1].label, models[2].label = 'A:' .. models[1].label, 'B:' .. models[2].label
       end

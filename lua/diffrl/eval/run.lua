@@ -137,7 +137,7 @@ local function sample_rows(m, rows, o, bar, counted)
       return m.pipe:sample { prompt = prompts, negative = o.negative or '', steps = o.steps, cfg = o.cfg,
                              eta = o.eta, height = o.height, width = o.width,
                              generator = core.row_generators(gens) }
-    end)
+    end):cpu() -- rewards, PNGs and eval.html read them on the host
     counted[1] = counted[1] + #prompts
     if bar then bar:update(counted[1]) end
   end

@@ -13,7 +13,7 @@
 --       diversity    'a star', 'a small star', ...: colour left open, a kind never trained on
 --       preference   n captions of the test split (stream seed + 2)
 --     sources.SHAPES_PREFERENCE: the quickstart's shapes_preference weights
---   sources.model(spec, { base =, ema = }) -> { label, path, kind, pipe, step, run }
+--   sources.model(spec, { base =, ema =, device = }) -> { label, path, kind, pipe, step, run }
 --     spec: 'PATH' or 'LABEL=PATH'; PATH a diffusers folder (model_index.json), a run
 --     folder of `diffrl run` (its newest checkpoint) or a checkpoint folder
 --     (RUN/checkpoints/step_NNNNNN). A checkpoint is put on the base pipeline its run's
@@ -136,7 +136,7 @@ local function load_checkpoint(ckpt, opts)
   local trainer = require 'diffrl.rl.trainer'
   local run_dir = ckpt:gsub('/+$', ''):gsub('/checkpoints/[^/]+$', '')
   local cfg, base = M.run_config(run_dir, opts.base)
-  local pipe = pipeline.load(base)
+  local pipe = pipeline.load(base, { device = opts.device })
   local named = trainer.setup_model(pipe, cfg)
   local st = rundir.load_checkpoint(ckpt)
   trainer.load_params(named, st, opts.ema and 'ema.' or 'param.',
@@ -152,7 +152,7 @@ function M.model(spec, opts)
   path = path:gsub('/+$', '')
   local m = { path = path }
   if exists(path .. '/model_index.json') then
-    m.kind, m.pipe = 'diffusers', require('diffrl.pipeline').load(path)
+    m.kind, m.pipe = 'diffusers', require('diffrl.pipeline').load(path, { device = opts.device })
     m.label = label or path:match('([^/]*)$')
   elseif exists(path .. '/state.lua') then
     m.kind = 'checkpoint'
