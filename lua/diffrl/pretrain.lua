@@ -325,6 +325,7 @@ local function finish(parts)
   parts.scheduler = schedule.from_config(sched)
   parts.vae_scale = 2 ^ (#parts.configs.vae.block_out_channels - 1)
   parts.latent_channels = parts.configs.vae.latent_channels
+  parts.device = parts.device or 'cpu' -- M.to_device moves them
   return parts
 end
 
@@ -416,7 +417,7 @@ function M.pipeline(parts)
     dir = '(training)', index = M.model_index(), clip_skip = 0,
     tokenizer = parts.tokenizer, text_encoder = parts.text_encoder, unet = parts.unet,
     vae = parts.vae, scheduler = parts.scheduler, scheduler_class = 'DDIMScheduler',
-    scaling_factor = parts.scaling_factor, vae_scale = parts.vae_scale, device = parts.device or 'cpu',
+    scaling_factor = parts.scaling_factor, vae_scale = parts.vae_scale, device = parts.device,
     sample_size = parts.configs.unet.sample_size * parts.vae_scale,
     latent_channels = parts.latent_channels, unet_levels = levels,
   }, pipeline.Pipeline)
@@ -440,7 +441,7 @@ end
 -- bounded, the scale is fixed afterwards by calibrate_scaling).
 function M.vae_loss(parts, images, gen, opts)
   local kl_weight = opts and opts.kl_weight or 1e-4
-  local x = images:to(parts.device or 'cpu') * 2 - 1
+  local x = images:to(parts.device) * 2 - 1
   local mean, logvar = parts.vae:encode(x)
   logvar = logvar:clamp(-30, 20) -- diffusers' DiagonalGaussianDistribution
   local std = (logvar * 0.5):exp()
@@ -455,7 +456,7 @@ end
 -- Diffusion's 0.18215 was chosen: unit-variance latents for the diffusion).
 function M.calibrate_scaling(parts, images)
   local std = core.no_grad(function()
-    local mean = parts.vae:encode(images:to(parts.device or 'cpu') * 2 - 1)
+    local mean = parts.vae:encode(images:to(parts.device) * 2 - 1)
     local m = mean:mean():item()
     local c = mean - m
     return math.sqrt((c * c):mean():item())
@@ -467,7 +468,7 @@ end
 
 -- Text embeddings [B, L, D] of captions, with the gradient into the text encoder.
 function M.encode_text(parts, captions)
-  local ids = parts.tokenizer:encode(captions):to(parts.device or 'cpu')
+  local ids = parts.tokenizer:encode(captions):to(parts.device)
   return (parts.text_encoder:forward(ids))
 end
 
@@ -480,7 +481,7 @@ function M.diffusion_loss(parts, images, captions, gen, opts)
   opts = opts or {}
   local n = images:size(1)
   local latents = core.no_grad(function()
-    local mean = parts.vae:encode(images:to(parts.device or 'cpu') * 2 - 1)
+    local mean = parts.vae:encode(images:to(parts.device) * 2 - 1)
     return mean * parts.scaling_factor
   end)
   local drop = opts.caption_dropout or 0
