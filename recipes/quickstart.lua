@@ -27,7 +27,9 @@
 -- step per denoising step on 4 fixed prompts (the defaults until 2026-11-26) the
 -- composition and preference rewards collapsed. Composition needs the model to
 -- draw better shapes, which this 1M-parameter UNet does not learn in 40 iterations
--- of 16 images (see docs/results.md for what was tried).
+-- of 16 images (see docs/results.md for what was tried). models/shapes-sharp (the
+-- same model trained longer) draws recognisable shapes, but on it, with these
+-- settings, no reward rises clearly yet (model.path=models/shapes-sharp; docs/results.md).
 --
 --   diffrl run recipes/quickstart.lua                          # ~7 minutes on 2 cores
 --   diffrl run recipes/quickstart.lua train.iterations=10      # a shorter look
