@@ -193,10 +193,7 @@ local function finish_vae()
   local sf = pretrain.calibrate_scaling(parts, images)
   parts.vae:requires_grad(false)
   local x = images:narrow(1, 1, 8)
-  local recon = dr.no_grad(function()
-    local mean = parts.vae:encode(x:to(parts.device) * 2 - 1)
-    return (parts.vae:decode(mean) * 0.5 + 0.5):clamp(0, 1):cpu()
-  end)
+  local recon = pretrain.reconstruct(parts, x)
   local labels = {}
   for i = 1, 8 do labels[i], labels[i + 8] = captions[i], 'reconstruction of ' .. captions[i] end
   run:save_grid(step, dr.cat({ x, recon }, 1), labels, { nrow = 8 })

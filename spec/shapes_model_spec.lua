@@ -9,18 +9,23 @@ local MODELS = (os.getenv('DIFFRL_SOURCE_DIR') or '.') .. '/models/'
 local PROMPTS = { 'a red circle', 'a blue square', 'a green triangle', 'a yellow star',
                   'a purple circle', 'an orange square', 'a blue star', 'a red triangle' }
 
-local function mean(xs) local s = 0; for _, x in ipairs(xs) do s = s + x end; return s / #xs end
+local mean = require('diffrl.stats').mean
 
 -- composition scores of 8 single-shape prompts, seed 1: with the right prompts, and
--- with each image scored against another image's prompt
+-- with each image scored against another image's prompt (sampled once per model)
+local cache = {}
 local function scores(name)
+  if cache[name] then return unpack(cache[name]) end
   local pipe = dr.pipeline.load(MODELS .. name)
   local images = pipe:sample { prompt = PROMPTS, steps = 20, cfg = 4, seed = 1 }
   assert.are.same({ 8, 3, 32, 32 }, { images:size(1), images:size(2), images:size(3), images:size(4) })
   local comp = dr.rewards.get('shapes_composition')
   local shuffled = { PROMPTS[2], PROMPTS[3], PROMPTS[4], PROMPTS[1],
                      PROMPTS[6], PROMPTS[7], PROMPTS[8], PROMPTS[5] }
-  return mean(dr.rewards.call(comp, images, PROMPTS, {})), mean(dr.rewards.call(comp, images, shuffled, {}))
+  local right = mean(dr.rewards.call(comp, images, PROMPTS, {}))
+  local wrong = mean(dr.rewards.call(comp, images, shuffled, {}))
+  cache[name] = { right, wrong }
+  return right, wrong
 end
 
 describe('models/shapes-base and models/shapes-sharp', function()

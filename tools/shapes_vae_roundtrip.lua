@@ -20,12 +20,9 @@ end
 local parts = pretrain.load(dir)
 local res = parts.configs.vae.sample_size or 32
 local images, captions = shapes.sample(n, { seed = 7, offset = 2 ^ 42, resolution = res, max_objects = 3 })
-local recon = dr.no_grad(function()
-  local mean = parts.vae:encode(images * 2 - 1)
-  return (parts.vae:decode(mean) * 0.5 + 0.5):clamp(0, 1)
-end)
+local recon = pretrain.reconstruct(parts, images)
 local comp = dr.rewards.get('shapes_composition')
-local function mean(t) local s = 0; for i = 1, #t do s = s + t[i] end; return s / #t end
+local mean = require('diffrl.stats').mean
 local d = recon - images
 print(('%s: %d scenes at %dx%d: composition on the renders %.3f, on the VAE round trip %.3f; mse %.5f')
   :format(dir, n, res, res, mean(dr.rewards.call(comp, images, captions, {})),

@@ -466,6 +466,15 @@ function M.calibrate_scaling(parts, images)
   return parts.scaling_factor
 end
 
+-- The VAE round trip of images in [0, 1]: the posterior mean decoded, clamped to
+-- [0, 1], on the cpu (the reconstruction grid; tools/shapes_vae_roundtrip.lua).
+function M.reconstruct(parts, images)
+  return core.no_grad(function()
+    local mean = parts.vae:encode(images:to(parts.device) * 2 - 1)
+    return (parts.vae:decode(mean) * 0.5 + 0.5):clamp(0, 1):cpu()
+  end)
+end
+
 -- Text embeddings [B, L, D] of captions, with the gradient into the text encoder.
 function M.encode_text(parts, captions)
   local ids = parts.tokenizer:encode(captions):to(parts.device)
