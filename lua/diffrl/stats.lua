@@ -1,4 +1,4 @@
--- diffrl.eval.stats: the statistics of `diffrl eval`, in pure Lua.
+-- diffrl.stats: the statistics of `diffrl eval` and the trainer's end table, in pure Lua.
 --
 --   stats.mean(xs)                                -- over the finite values (NaN when none)
 --   stats.quantile(sorted, q)                     -- linear interpolation (R's type 7, numpy's default)
