@@ -25,8 +25,8 @@ Usage:
 Commands:
 %s
 Inside Lua: local dr = require 'diffrl'   (the REPL has `dr` loaded already)
-Exit codes: 0 ok, 1 a Lua error (message with file:line and a traceback),
-2 a usage error, 130 interrupted.
+Exit codes: 0 ok, 1 a Lua error (message with file:line and a traceback; a bad
+setting: "config: ..." naming the key, alone), 2 a usage error, 130 interrupted.
 ]]
 
 function M.help_text()

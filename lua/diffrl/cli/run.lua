@@ -1,5 +1,6 @@
 -- Running chunks: `diffrl run FILE`, `diffrl -e CODE`, stdin. Errors end the
--- process with code 1 and "diffrl: file:line: message" plus a traceback.
+-- process with code 1 and "diffrl: file:line: message" plus a traceback (a config
+-- error: "diffrl: config: ..." alone).
 local host = require 'diffrl.host'
 
 local M = {}
@@ -29,6 +30,9 @@ local function call(chunk, ...)
   io.stdout:flush()
   if ok then return 0 end
   err = M.trim_traceback(tostring(err))
+  -- a bad setting (diffrl.config names the key or file) is the user's input, not a
+  -- bug: its message alone, without the frames of the config code
+  if err:match('^config: ') then err = err:gsub('\nstack traceback:.*$', '') end
   io.stderr:write('diffrl: ', err, '\n')
   if err:match('^[^\n]*interrupted$') or err:match('^[^\n]*interrupted\n') then return 130 end
   return 1

@@ -56,6 +56,10 @@ return config.schema(config.merge(config.common(), {
                        doc = "policy loss over the batch: 'mean' (default) or 'sum' (what the official code does)" },
     gradient_checkpointing = { type = 'boolean', default = true,
                                doc = 'recompute UNet block activations in backward (YAML: gradient_checkpointing)' },
+    trainable = { type = 'list', of = 'string', default = {},
+                  doc = "fine-tune only the UNet parameters whose name contains one of these strings (e.g. "
+                        .. "{'attn'}: the self- and cross-attention layers; the others stay frozen); empty: "
+                        .. 'the whole UNet (the paper). Not with lora.rank > 0' },
     use_ema = { type = 'boolean', default = false, doc = 'keep an EMA of the trained weights (YAML: use_ema)' },
     kl_weight = { type = 'number', default = 0, min = 0,
                   doc = 'beta of a KL penalty to the starting UNet (a frozen copy); 0 = off, as the paper' },

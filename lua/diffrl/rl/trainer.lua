@@ -52,15 +52,34 @@ end
 local function gen_state(g) local s = g:get_state(); return { seed = s.seed, offset = s.offset } end
 
 -- The trainable parameters by name: the LoRA adapters, or the whole UNet.
+-- The trained parameters, as { {name, tensor}, ... }: LoRA adapters, the UNet
+-- parameters train.trainable names (the others frozen), or the whole UNet.
 local function setup_model(pipe, cfg)
   local unet = pipe.unet
   unet:set_checkpointing(cfg.train.gradient_checkpointing)
+  local names = cfg.train.trainable
   if cfg.lora.rank > 0 then
+    if #names > 0 then raise('rl: train.trainable and lora.rank > 0 exclude each other (LoRA trains its adapters)') end
     unet:add_lora { rank = cfg.lora.rank, alpha = cfg.lora.alpha or cfg.lora.rank, seed = cfg.run.seed }
     return unet:named_parameters { adapters_only = true }
   end
   unet:requires_grad(true)
-  return unet:named_parameters()
+  if #names == 0 then return unet:named_parameters() end
+  local kept, used = {}, {}
+  for _, np in ipairs(unet:named_parameters()) do
+    local keep = false
+    for _, s in ipairs(names) do
+      if np[1]:find(s, 1, true) then keep, used[s] = true, true end
+    end
+    if keep then kept[#kept + 1] = np else np[2]:requires_grad(false) end
+  end
+  for _, s in ipairs(names) do
+    if not used[s] then
+      raise(("rl: train.trainable: no UNet parameter name contains '%s' (names look like %s)")
+        :format(s, unet:named_parameters()[1][1]))
+    end
+  end
+  return kept
 end
 
 -- The denoising steps a task trains on, out of a trajectory of n_steps: the first
@@ -484,7 +503,7 @@ function Trainer:pretrain_step(metrics)
     metrics.skipped_steps = (metrics.skipped_steps or 0) + 1
   end
   self.opt:zero_grad()
-  metrics.pretrain_loss = lv
+  metrics.pretrain_loss, metrics.pretrain_grad_norm = lv, gn
 end
 
 -- ---- held-out evaluation --------------------------------------------------------------
