@@ -105,6 +105,22 @@ describe('eval statistics #binding', function()
     w = stats.win_rate({ 1, 0 / 0 }, { 0, 1 })
     assert.same({ 1, 1 }, { w.rate, w.n })
   end)
+
+  it('gives the paired mean change per prompt: what a win rate leaves out', function()
+    -- p1: one failure turned into a success (+1), three small losses (-0.1 each);
+    -- p2: a small loss. Win rate 1/4 per p1, 0 for p2 -> 1/8; the change is positive
+    local a, b = { 1, 0.4, 0.4, 0.4, 0.4 }, { 0, 0.5, 0.5, 0.5, 0.5 }
+    local units = { 'p1', 'p1', 'p1', 'p1', 'p2' }
+    assert.is_true(math.abs(stats.win_rate(a, b, units).rate - 1 / 8) < 1e-12)
+    local c = stats.paired_change(a, b, units)
+    assert.is_true(math.abs(c.mean - (0.175 - 0.1) / 2) < 1e-12, c.mean) -- (0.7 / 4 - 0.1) / 2
+    assert.same({ 5, 2 }, { c.n, c.units })
+    assert.is_true(c.lo <= c.mean and c.mean <= c.hi)
+    c = stats.paired_change({ 0.3, 0.1 }, { 0.3, 0.1 })
+    assert.same({ 0, 0, 0 }, { c.mean, c.lo, c.hi })
+    c = stats.paired_change({ 1, 0 / 0 }, { 0.5, 1 })
+    assert.same({ 0.5, 1 }, { c.mean, c.n })
+  end)
 end)
 
 describe('diffrl eval', function()
@@ -129,6 +145,7 @@ describe('diffrl eval', function()
     assert.equal(3, #s.win_rates)
     for _, w in ipairs(s.win_rates) do
       assert.same({ 0.5, 0.5, 0.5, 0, 0 }, { w.rate, w.lo, w.hi, w.wins, w.losses })
+      assert.same({ 0, 0, 0 }, { w.change.mean, w.change.lo, w.change.hi })
     end
     -- different seeds do give different images (the pairing is not trivially true)
     local r0 = by['A:shapes-base|composition|' .. rows[1].prompt .. '|0']

@@ -7,6 +7,7 @@
 --   stats.cluster_means(xs, units)                -- per-unit means, units in first-seen order
 --   stats.win_rate(a, b, units, opts)
 --     -> { rate, lo, hi, wins, ties, losses, n, units }
+--   stats.paired_change(a, b, units, opts)        -- mean of a[i] - b[i]: { mean, lo, hi, n, units }
 --
 -- What is resampled: the units (prompts), never single images. The images of one
 -- prompt share its difficulty, so they are not independent draws; resampling whole
@@ -99,6 +100,20 @@ function M.win_rate(a, b, units, opts)
   local ci = M.bootstrap_ci(per_unit, opts)
   return { rate = ci.mean, lo = ci.lo, hi = ci.hi, wins = wins, ties = ties, losses = losses,
            n = #outcome, units = ci.n }
+end
+
+-- Paired mean change of a over b: the mean over units of each unit's mean of
+-- a[i] - b[i], with the same cluster bootstrap. What the win rate leaves out: by how
+-- much. A model that turns a few failures (0) into successes (1) and costs the rest
+-- a little has a win rate below 1/2 and a positive change.
+function M.paired_change(a, b, units, opts)
+  if #a ~= #b then error(('paired_change: %d scores of A but %d of B'):format(#a, #b), 2) end
+  local d, kept_units = {}, {}
+  for i = 1, #a do
+    if finite(a[i]) and finite(b[i]) then d[#d + 1], kept_units[#kept_units + 1] = a[i] - b[i], units and units[i] or i end
+  end
+  local ci = M.bootstrap_ci(M.cluster_means(d, kept_units), opts)
+  return { mean = ci.mean, lo = ci.lo, hi = ci.hi, n = #d, units = ci.n }
 end
 
 return M

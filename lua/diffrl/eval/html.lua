@@ -101,11 +101,14 @@ local function summary_tables(s)
       if w.set == set.name then
         if not any then
           add(('<p>Win rate of %s over %s (same prompt and seed; a tie counts half):</p>'):format(esc(w.a), esc(w.b)))
-          add('<table><tr><th>reward</th><th>win rate</th><th>95% CI</th><th>wins / ties / losses</th></tr>')
+          add('<table><tr><th>reward</th><th>win rate</th><th>95% CI</th><th>wins / ties / losses</th>' ..
+              '<th>mean change</th><th>95% CI</th></tr>')
           any = true
         end
-        add(('<tr><td>%s</td>%s<td>[%s, %s]</td><td>%d / %d / %d</td></tr>'):format(
-          esc(summary_mod.column_title(s, w.reward)), num_cell(w.rate), fmt(w.lo), fmt(w.hi), w.wins, w.ties, w.losses))
+        local c = w.change or {}
+        add(('<tr><td>%s</td>%s<td>[%s, %s]</td><td>%d / %d / %d</td>%s<td>[%s, %s]</td></tr>'):format(
+          esc(summary_mod.column_title(s, w.reward)), num_cell(w.rate), fmt(w.lo), fmt(w.hi), w.wins, w.ties, w.losses,
+          num_cell(c.mean), fmt(c.lo), fmt(c.hi)))
       end
     end
     if any then add('</table>') end

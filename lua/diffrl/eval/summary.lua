@@ -12,7 +12,8 @@
 -- Group rewards report statistical parity, SP = -score (the reward is -SP), one
 -- value per prompt (its group of seeds); lower is fairer. Win rate of A over B per
 -- (set, reward): pairs of images with the same (prompt, seed), a tie half a win
--- (for group rewards one pair per prompt: its two groups), CI over prompts.
+-- (for group rewards one pair per prompt: its two groups), CI over prompts; and the
+-- paired mean change A - B (of SP for group rewards) with its CI.
 local stats = require 'diffrl.stats'
 
 local M = {}
@@ -20,6 +21,11 @@ local M = {}
 local function fmt(x, digits)
   if not stats.finite(x) then return 'n/a' end
   return ('%.' .. (digits or 3) .. 'f'):format(x)
+end
+
+local function signed(x)
+  if not stats.finite(x) then return 'n/a' end
+  return ('%+.3f'):format(x == 0 and 0 or x) -- not "-0.000"
 end
 
 -- rows of one (set, model): per prompt, the list of a reward's scores (seed order).
@@ -115,6 +121,10 @@ function M.build(rows, o)
         end
         local w = stats.win_rate(a, b, units, boot)
         w.set, w.reward, w.a, w.b, w.pairs = set, name, o.a, o.b, group[name] and 'prompt' or 'image'
+        -- the column's statistic: for SP (= -score) the change of SP
+        local c = stats.paired_change(a, b, units, boot)
+        if group[name] then c.mean, c.lo, c.hi = -c.mean, -c.hi, -c.lo end
+        w.change = c
         s.win_rates[#s.win_rates + 1] = w
       end
     end
@@ -175,12 +185,19 @@ function M.markdown(s)
                                                                     w.ties, w.losses) or '-'
       end
       add('| ' .. table.concat(cells, ' | ') .. ' |')
+      cells = { ('change %s - %s'):format(any.a, any.b) }
+      for _, name in ipairs(set.rewards) do
+        local c = wr[name] and wr[name].change
+        cells[#cells + 1] = c and ('%s [%s, %s]'):format(signed(c.mean), signed(c.lo), signed(c.hi)) or '-'
+      end
+      add('| ' .. table.concat(cells, ' | ') .. ' |')
     end
   end
   if next(s.win_rates) then
     add('')
     add('Win rate: pairs with the same prompt and seed (for SP columns: the two groups of one prompt, ' ..
-        'lower SP wins); a tie counts half; (wins/ties/losses).')
+        'lower SP wins); a tie counts half; (wins/ties/losses). Change: the mean over prompts of the ' ..
+        'paired differences (for SP columns: of SP), with the same bootstrap CI.')
   end
   if s.curve then
     add('')
