@@ -43,7 +43,9 @@ local function list(s, num)
   return out
 end
 local K = tonumber(opts.batches)
-if not K or K < 2 or K % 2 ~= 0 then error('pg_probe: batches must be an even number >= 2, got ' .. opts.batches, 0) end
+if not K or K < 2 or K % 2 ~= 0 then
+  error('pg_probe: batches must be an even number >= 2, got ' .. opts.batches, 0)
+end
 
 local dir = os.tmpname()
 os.remove(dir)

@@ -110,7 +110,9 @@ function M.paired_change(a, b, units, opts)
   if #a ~= #b then error(('paired_change: %d scores of A but %d of B'):format(#a, #b), 2) end
   local d, kept_units = {}, {}
   for i = 1, #a do
-    if finite(a[i]) and finite(b[i]) then d[#d + 1], kept_units[#kept_units + 1] = a[i] - b[i], units and units[i] or i end
+    if finite(a[i]) and finite(b[i]) then
+      d[#d + 1], kept_units[#kept_units + 1] = a[i] - b[i], units and units[i] or i
+    end
   end
   local ci = M.bootstrap_ci(M.cluster_means(d, kept_units), opts)
   return { mean = ci.mean, lo = ci.lo, hi = ci.hi, n = #d, units = ci.n }
