@@ -60,7 +60,7 @@ local args = config.parse_args(argv)
 if args.help then
   io.write('Usage: diffrl run recipes/pretrain_shapes.lua [--config FILE] [key=value ...]\n',
            '       diffrl run recipes/pretrain_shapes.lua --resume RUN_DIR [--set train.steps=N]\n\n',
-           config.help(schema), '\n')
+           config.help(schema, { defaults = dofile(ROOT .. '/configs/pretrain_shapes.lua') }), '\n')
   return
 end
 local layers = { dofile(ROOT .. '/configs/pretrain_shapes.lua') }

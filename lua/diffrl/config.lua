@@ -786,7 +786,8 @@ local function show(v)
 end
 
 -- Every key with its type, default, bounds and doc, section by section, after the
--- command-line options (opts.options = false leaves those out).
+-- command-line options (opts.options = false leaves those out). opts.defaults: a
+-- recipe's layer; a key it sets shows that value, then the schema's default.
 function M.help(schema, opts)
   schema = M.schema(schema)
   local lines = {}
@@ -810,7 +811,13 @@ function M.help(schema, opts)
     section = top
     local kind = f.type .. (f.of and (' of ' .. f.of) or '')
     local parts = { '  ' .. path .. (' '):rep(width - #path), kind .. (' '):rep(8 - #kind) }
-    if f.default ~= nil then parts[#parts + 1] = '= ' .. show(f.default)
+    local own = opts and opts.defaults and M.get(opts.defaults, path)
+    if own ~= nil and type(own) ~= 'table' or type(own) == 'table' and f.type == 'list' then
+      -- the recipe's value, which is what a run gets unless it is set
+      local schema_default = f.default ~= nil and show(f.default) or nil
+      parts[#parts + 1] = '= ' .. show(own) .. ((schema_default and schema_default ~= show(own))
+                                                 and ('  (schema: ' .. schema_default .. ')') or '')
+    elseif f.default ~= nil then parts[#parts + 1] = '= ' .. show(f.default)
     elseif f.optional then parts[#parts + 1] = '(optional)'
     else parts[#parts + 1] = '(required)' end
     if f.min then parts[#parts + 1] = '>= ' .. number_text(f.min) end

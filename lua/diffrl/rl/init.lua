@@ -27,14 +27,14 @@ setmetatable(M, { __index = function(t, k)
   end
 end })
 
-local function usage(name, schema)
+local function usage(name, schema, defaults)
   local config = require 'diffrl.config'
   return ([[
 Usage: diffrl run %s [--config FILE] [--set key=value ...] [key=value ...]
        diffrl run %s --resume RUN_DIR [--set train.iterations=N]
 
-Settings (defaults first, then the recipe's, then --config FILE, then --set):
-%s]]):format(name, name, config.help(schema))
+Settings (the schema's defaults, then the recipe's as shown, then --config FILE, then --set):
+%s]]):format(name, name, config.help(schema, { defaults = defaults }))
 end
 
 -- rl.main(spec): spec.name, spec.defaults (a config layer), spec.tasks(cfg) ->
@@ -51,7 +51,7 @@ function M.main(spec)
   end
   local args = config.parse_args(argv)
   if args.help then
-    io.write(usage(spec.name or 'RECIPE', schema), '\n')
+    io.write(usage(spec.name or 'RECIPE', schema, spec.defaults), '\n')
     return nil
   end
   local layers = { spec.defaults or {} }
