@@ -17,24 +17,22 @@
 -- before and its CI) and `diffrl report RUN_DIR` show both.
 --
 -- Status (issue 7, open): the run works end to end and, with these defaults, no
--- reward collapses any more; on the paired held-out evaluation (docs/results.md,
--- 16 prompts x 8 seeds) the joint model raises preference (0.531 -> 0.581) and
--- diversity (SP 0.971 -> 0.815) but composition only by noise-level amounts
--- (0.124 -> 0.143, CI overlapping), and single runs vary a lot from seed to seed.
--- What made the difference (configs/quickstart.lua): one optimizer step per task on the
--- mean loss of the first 5 (noisiest) denoising steps, a new prompt stream every
--- iteration, and advantages normalised within each prompt's 4 images. With one
+-- reward collapses; on the paired held-out evaluation (docs/results.md, 16 prompts x
+-- 8 seeds, two seeds of the run) the joint model raises preference (0.531 -> 0.58)
+-- and diversity (SP 0.971 -> 0.59-0.63) but not composition (0.124 -> 0.127).
+-- What made the difference (configs/quickstart.lua): training only the attention
+-- layers (a task's 16-image policy gradient is ~99% noise, which costs more than it
+-- gains when it moves every weight: tools/pg_probe.lua), one optimizer step per task
+-- on the mean loss of the first 5 (noisiest) denoising steps, a new prompt stream
+-- every iteration, and advantages normalised within each prompt's 4 images. With one
 -- step per denoising step on 4 fixed prompts (the defaults until 2026-11-26) the
 -- composition and preference rewards collapsed. Composition needs the model to
--- draw better shapes, which this 1M-parameter UNet does not learn in 40 iterations
--- of 16 images (see docs/results.md for what was tried). models/shapes-sharp (the
--- same model trained longer) draws recognisable shapes; on it, training only the
--- attention layers (model.path=models/shapes-sharp train.trainable=attn) raises
--- preference in three seeds of three and diversity in two, composition not: a task's
--- 640 images hold about one batch's worth of noise-free gradient (tools/pg_probe.lua,
--- docs/results.md).
+-- draw better shapes, which this 1M-parameter UNet does not learn from 640 images
+-- (see docs/results.md for what was tried). models/shapes-sharp (the same model
+-- trained longer) draws recognisable shapes; on it (model.path=models/shapes-sharp)
+-- preference rises in three seeds of three and diversity in two, composition not.
 --
---   diffrl run recipes/quickstart.lua                          # ~7 minutes on 2 cores
+--   diffrl run recipes/quickstart.lua                          # ~5.5 minutes on 2 cores
 --   diffrl run recipes/quickstart.lua train.iterations=10      # a shorter look
 --   diffrl run recipes/quickstart.lua --resume runs/quickstart-...   # after Ctrl-C
 --   diffrl report runs/quickstart-...                          # report.html

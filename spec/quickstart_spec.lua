@@ -98,10 +98,13 @@ return dr.rl.main {
     assert.is_truthy(r.stderr:find('train.iterations', 1, true), r.stderr)
   end)
 
-  it('lists its settings with --help, the model folder among them', function()
+  it('lists its settings with --help, the model folder among them, with the recipe\'s values', function()
     local r = h.diffrl { 'run', RECIPE, '--help' }
     assert.are.equal(0, r.code, r.stderr)
     assert.is_truthy(r.stdout:find('sample.images_per_prompt', 1, true), r.stdout)
     assert.is_truthy(r.stdout:find('eval.every', 1, true), r.stdout)
+    -- the values a run gets: the recipe's (configs/quickstart.lua), then the schema's
+    assert.is_truthy(r.stdout:find('train.iterations +integer +%= 40  %(schema: 1000%)'), r.stdout)
+    assert.is_truthy(r.stdout:find("train.trainable +list of string += { \"attn\" }  %(schema: {}%)"), r.stdout)
   end)
 end)
