@@ -51,7 +51,6 @@ end
 
 local function gen_state(g) local s = g:get_state(); return { seed = s.seed, offset = s.offset } end
 
--- The trainable parameters by name: the LoRA adapters, or the whole UNet.
 -- The trained parameters, as { {name, tensor}, ... }: LoRA adapters, the UNet
 -- parameters train.trainable names (the others frozen), or the whole UNet.
 local function setup_model(pipe, cfg)
