@@ -3,7 +3,8 @@
 --   diffrl run tools/pg_probe.lua MODEL [task=composition] [batches=32] [alphas=1e-3,3e-3]
 --       [only=all,attn] [seeds=7,8] [QUICKSTART SETTINGS...]
 --
--- Builds recipes/quickstart.lua's trainer on MODEL (one task, no pretraining step),
+-- Builds recipes/quickstart.lua's trainer on MODEL (one task, no pretraining step, the
+-- whole UNet trainable: `only` picks the parameters a step moves),
 -- computes the task's policy gradient on `batches` sampled batches (sample.batch_size
 -- images each) without stepping, and prints
 --   * the cosine between the summed gradients of the two halves of the batches (0:
@@ -18,7 +19,6 @@
 -- A gradient with signal helps along RL and hurts along anti; steps that hurt both
 -- ways mean the step's noise costs more than its signal gains.
 local stats = require 'diffrl.stats'
-local core = require 'diffrl.core'
 
 local root = debug.getinfo(1, 'S').source:match('^@(.*)/tools/[^/]*$') or '.'
 local model = arg[1]
@@ -50,7 +50,9 @@ end
 local dir = os.tmpname()
 os.remove(dir)
 _G.arg = { 'model.path=' .. model, 'train.iterations=1', 'run.dir=' .. dir, 'train.warmup_steps=0',
-           'train.lr=0', 'pretrain.weight=0', 'shapes.tasks=' .. opts.task, unpack(settings) }
+           'train.lr=0', 'pretrain.weight=0', 'shapes.tasks=' .. opts.task,
+           'train.trainable={}', -- every UNet weight (the quickstart's own default: attention only); `only` filters
+           unpack(settings) }
 -- one iteration at lr 0 builds the trainer (and scores the held-out prompts once)
 local _, tr = dofile(root .. '/recipes/quickstart.lua')
 local flat = tr.opt.flat
@@ -74,9 +76,10 @@ local sq = grads[1] * grads[1]
 for i = 2, K do sq = sq + grads[i] * grads[i] end
 local dir_ = ((h1 + h2) * (1 / K)) / ((sq * (1 / K)):sqrt() + 1e-12)
 
+local seeds = list(opts.seeds, true)
 local function score()
   local all = {}
-  for _, seed in ipairs(list(opts.seeds, true)) do
+  for _, seed in ipairs(seeds) do
     tr.cfg.eval.seed = seed
     local row = tr:evaluate_here('after')
     for _, s in ipairs(row['heldout_scores/' .. opts.task]) do all[#all + 1] = s end
@@ -90,7 +93,7 @@ for _, only in ipairs(list(opts.only)) do
   for _, np in ipairs(tr.named) do
     local n = np[2]:numel()
     if only == 'all' or np[1]:find(only, 1, true) then kept = kept + n
-    else d:narrow(1, off + 1, n):copy_(core.zeros(n)) end
+    else d:narrow(1, off + 1, n):zero_() end
     off = off + n
   end
   print(('parameters %s: %d'):format(only, kept))
@@ -98,12 +101,9 @@ for _, only in ipairs(list(opts.only)) do
     for _, sign in ipairs { -1, 1 } do -- the gradient is the loss's: descending it is the RL step
       flat.params:copy_(theta0 + d * (sign * alpha))
       local s = score()
-      local change, wins = 0, 0
-      for i = 1, #s do
-        change = change + (s[i] - base[i]) / #s
-        wins = wins + (s[i] > base[i] and 1 or s[i] == base[i] and 0.5 or 0) / #s
-      end
-      print(('  %-4s alpha %-6g change %+.4f  win rate %.3f'):format(sign < 0 and 'RL' or 'anti', alpha, change, wins))
+      print(('  %-4s alpha %-6g change %+.4f  win rate %.3f'):format(sign < 0 and 'RL' or 'anti', alpha,
+                                                                     stats.paired_change(s, base).mean,
+                                                                     stats.win_rate(s, base).rate))
     end
   end
 end
