@@ -105,7 +105,7 @@ local function summary_tables(s)
               '<th>mean change</th><th>95% CI</th></tr>')
           any = true
         end
-        local c = w.change or {}
+        local c = w.change
         add(('<tr><td>%s</td>%s<td>[%s, %s]</td><td>%d / %d / %d</td>%s<td>[%s, %s]</td></tr>'):format(
           esc(summary_mod.column_title(s, w.reward)), num_cell(w.rate), fmt(w.lo), fmt(w.hi), w.wins, w.ties, w.losses,
           num_cell(c.mean), fmt(c.lo), fmt(c.hi)))
