@@ -51,14 +51,23 @@ local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {
                     .. "single-reward model, as the rows of the paper's Table 5" },
     max_objects = { type = 'integer', default = 2, min = 1, max = 3,
                     doc = 'at most this many objects per prompt of the composition and preference tasks' },
-    advantage = { type = 'string', default = 'batch', choices = { 'batch', 'group' },
+    advantage = { type = 'string', default = 'batch', choices = { 'batch', 'group', 'group_mean' },
                   doc = "reward normalisation of the composition and preference tasks: over the batch "
-                        .. "(the paper) or within each prompt's images (GRPO); diversity always uses the batch" },
+                        .. "(the paper), within each prompt's images (GRPO) or minus each prompt's mean over "
+                        .. "the batch's std (group_mean, Dr. GRPO); diversity always uses the batch" },
     prompts = { type = 'integer', default = 0, min = 0,
                 doc = 'distinct training prompts per task, drawn once from the shapes stream and cycled '
                       .. '(the paper trains on fixed prompt sets); 0: an endless stream of new captions' },
     heldout = { type = 'integer', default = 8, min = 1,
                 doc = 'held-out prompts of the composition and preference tasks (images_per_prompt images each)' },
+    batch_size = {
+      composition = { type = 'integer', min = 1, optional = true,
+                      doc = 'images of the composition task per iteration; unset: sample.batch_size' },
+      diversity = { type = 'integer', min = 1, optional = true,
+                    doc = 'images of the diversity task per iteration; unset: sample.batch_size' },
+      preference = { type = 'integer', min = 1, optional = true,
+                     doc = 'images of the preference task per iteration; unset: sample.batch_size' },
+    },
   },
 }))
 
@@ -67,7 +76,8 @@ local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {
 local function make_tasks(cfg)
   local ok, tasks = pcall(shapes_tasks.make, { names = cfg.shapes.tasks, seed = cfg.run.seed,
                                                max_objects = cfg.shapes.max_objects, prompts = cfg.shapes.prompts,
-                                               advantage = cfg.shapes.advantage, heldout = cfg.shapes.heldout })
+                                               advantage = cfg.shapes.advantage, heldout = cfg.shapes.heldout,
+                                               batch_sizes = cfg.shapes.batch_size })
   if not ok then error('quickstart: shapes.tasks: ' .. tostring(tasks):gsub('^shapes tasks: ', ''), 0) end
   return tasks
 end

@@ -170,6 +170,20 @@ describe('rl.core.group_advantages: GRPO-style groups of the current batch #bind
     assert.are.equal(1, info.n_nonfinite)
   end)
 
+  it("scale = 'batch': minus each group's mean, over the whole batch's std (Dr. GRPO)", function()
+    -- x scores ~0 throughout (noise), y differs for real: per-group std would give both +-1
+    local rs, ids = { 0, 0.02, 0.2, 0.6 }, { 'x', 'x', 'y', 'y' }
+    local mean = 0.205
+    local var = ((0 - mean) ^ 2 + (0.02 - mean) ^ 2 + (0.2 - mean) ^ 2 + (0.6 - mean) ^ 2) / 4
+    local s = math.sqrt(var)
+    local adv = core.group_advantages(rs, ids, { eps = 0, clip = false, scale = 'batch' })
+    assert_list_close(adv, { -0.01 / s, 0.01 / s, -0.2 / s, 0.2 / s }, 1e-12, 'adv')
+    local per_group = core.group_advantages(rs, ids, { eps = 0, clip = false })
+    assert_list_close(per_group, { -1, 1, -1, 1 }, 1e-12, 'per group')
+    assert.matches("scale must be 'group' or 'batch', got prompt",
+                   h.error_of(core.group_advantages, rs, ids, { scale = 'prompt' }))
+  end)
+
   it('refuses a group list of the wrong length', function()
     assert.matches('group_ids must be a list of 2 keys', h.error_of(core.group_advantages, { 1, 2 }, { 'a' }))
   end)

@@ -121,6 +121,22 @@ describe('rl trainer: held-out evaluation and groups', function()
     os.execute('rm -rf ' .. dir)
   end)
 
+  it("samples a task's own batch_size, the others sample.batch_size", function()
+    local dir = temp_dir()
+    local seen_big, seen_small = {}, {}
+    local tr = dr.rl.trainer.new(cfg_for(dir, { train = { iterations = 1 } }), { tasks = {
+      { name = 'big', prompts = dr.prompts.list { 'p', 'q', 'r', shuffle = false }, reward = recording_reward(seen_big),
+        batch_size = 6, images_per_prompt = 2 },
+      { name = 'small', prompts = dr.prompts.list { 's', shuffle = false }, reward = recording_reward(seen_small) },
+    } })
+    tr:train()
+    assert.are.same({ 'p', 'p', 'q', 'q', 'r', 'r' }, seen_big[1].prompts)
+    assert.are.same({ 1, 1, 2, 2, 3, 3 }, seen_big[1].groups)
+    assert.are.equal(4, seen_small[1].n)
+    assert.are.equal(10, tr.run:read_log('metrics')[1].images)
+    os.execute('rm -rf ' .. dir)
+  end)
+
   it('names bad task fields and a batch that is not a multiple of the group', function()
     local cfg = cfg_for(temp_dir())
     local function new(task) return pcall(dr.rl.trainer.new, cfg, { tasks = { task } }) end
@@ -131,6 +147,13 @@ describe('rl trainer: held-out evaluation and groups', function()
     local ok, err = new(t)
     assert.is_false(ok)
     assert.is_truthy(tostring(err):find('sample.batch_size = 4 is not a multiple of images_per_prompt = 3', 1, true), err)
+    t = base(); t.batch_size, t.images_per_prompt = 6, 4
+    ok, err = new(t)
+    assert.is_truthy(tostring(err):find('task t: batch_size = 6 is not a multiple of images_per_prompt = 4', 1, true),
+                     err)
+    t = base(); t.batch_size = 2.5
+    ok, err = new(t)
+    assert.is_truthy(tostring(err):find('batch_size must be an integer >= 1, got 2.5', 1, true), err)
     t = base(); t.heldout = { 'a', 5 }
     ok, err = new(t)
     assert.is_truthy(tostring(err):find('heldout[2] is a number', 1, true), err)

@@ -71,8 +71,9 @@ end
 
 -- opts: names (the tasks, in order), seed, max_objects (of the composition and
 -- preference prompts), prompts (distinct training prompts per task, 0 = an endless
--- stream), advantage ('batch' or 'group' for composition and preference), heldout
--- (held-out prompts of composition and preference).
+-- stream), advantage ('batch', 'group' or 'group_mean' for composition and
+-- preference), heldout (held-out prompts of composition and preference), batch_sizes
+-- ({ [task name] = images per iteration }; unset: the trainer's sample.batch_size).
 function M.make(opts)
   local seed, mo = opts.seed or 0, opts.max_objects or 2
   local n, adv = opts.prompts or 0, opts.advantage or 'batch'
@@ -101,6 +102,7 @@ function M.make(opts)
     seen[name] = true
     local t = build[name]()
     t.name, t.reward, t.heldout = name, M.reward(name), held[name]
+    t.batch_size = opts.batch_sizes and opts.batch_sizes[name] or nil
     tasks[#tasks + 1] = t
   end
   if #tasks == 0 then error('shapes tasks: no task named', 0) end

@@ -156,10 +156,13 @@ end
 --   A_i = clamp((r_i - mean_g) / (std_g + eps), -clip, clip),  g = group_ids[i]
 -- group_ids: one key (string or number) per reward, e.g. the prompt or its index.
 -- opts: clip (10; false), eps (1e-6, ddpo's tracker), unbiased (false: np.std as
--- ddpo / Flow-GRPO). Non-finite rewards: excluded, advantage 0. A group of one
--- (or all equal rewards) has advantage 0.
+-- ddpo / Flow-GRPO), scale ('group'; 'batch': divide by the std of all the batch's
+-- rewards instead of each group's, as Dr. GRPO (Liu et al. 2025, arXiv 2503.20783)
+-- drops the per-group std: a group whose images all score about 0 then gets advantages
+-- about 0, not +-1 for differences that are noise). Non-finite rewards: excluded,
+-- advantage 0. A group of one (or all equal rewards) has advantage 0.
 -- info = { n_groups, n_valid, n_nonfinite }
-local GROUP_OPTS = { clip = true, eps = true, unbiased = true }
+local GROUP_OPTS = { clip = true, eps = true, unbiased = true, scale = true }
 function M.group_advantages(rewards, group_ids, opts)
   local op = 'group_advantages'
   opts = check_opts(op, opts, GROUP_OPTS)
@@ -169,6 +172,10 @@ function M.group_advantages(rewards, group_ids, opts)
           type(group_ids) == 'table' and #group_ids .. ' keys' or type(group_ids)))
   end
   local clip, eps = clip_value(op, opts.clip), eps_value(op, opts.eps, 1e-6)
+  local scale = opts.scale or 'group'
+  if scale ~= 'group' and scale ~= 'batch' then
+    raise(("%s: scale must be 'group' or 'batch', got %s"):format(op, tostring(scale)))
+  end
   local rows, order = {}, {}
   for i = 1, #rs do
     local g = group_ids[i]
@@ -180,9 +187,11 @@ function M.group_advantages(rewards, group_ids, opts)
     r[#r + 1] = i
   end
   local adv, n_valid = {}, 0
+  local batch_std = scale == 'batch' and select(2, moments(rs, nil, opts.unbiased == true)) or nil
   for _, g in ipairs(order) do
     local mean, std, n = moments(rs, rows[g], opts.unbiased == true)
     n_valid = n_valid + n
+    if batch_std then std = batch_std end
     for _, i in ipairs(rows[g]) do adv[i] = normalized(rs[i], mean, std, eps, clip) end
   end
   return adv, { n_groups = #order, n_valid = n_valid, n_nonfinite = #rs - n_valid }

@@ -38,9 +38,10 @@ return config.schema(config.merge(config.common(), {
                      doc = 'passes over the sampled batch per iteration (not in the YAML: 1 there; DDPO num_inner_epochs)' },
     timestep_fraction = { type = 'number', min = 0, max = 1, optional = true,
                           doc = 'train this fraction of the denoising steps instead of timestep_count (DDPO timestep_fraction)' },
-    advantage = { type = 'string', default = 'batch', choices = { 'batch', 'per_prompt', 'group' },
+    advantage = { type = 'string', default = 'batch', choices = { 'batch', 'per_prompt', 'group', 'group_mean' },
                   doc = "reward normalisation: 'batch' over the whole batch (the paper), 'per_prompt' history "
-                        .. "per prompt (DDPO's stat tracking), 'group' within each prompt's images (GRPO)" },
+                        .. "per prompt (DDPO's stat tracking), 'group' within each prompt's images (GRPO), "
+                        .. "'group_mean' minus the mean of each prompt's images, over the batch's std (Dr. GRPO)" },
     tracker_buffer = { type = 'integer', default = 16, min = 1, doc = "with advantage = 'per_prompt': rewards kept per prompt" },
     tracker_min_count = { type = 'integer', default = 16, min = 1,
                           doc = "with advantage = 'per_prompt': below this many, use the batch's statistics" },

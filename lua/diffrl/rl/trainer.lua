@@ -96,14 +96,15 @@ local Trainer = {}
 Trainer.__index = Trainer
 
 local TASK_FIELDS = { name = true, prompts = true, reward = true, weight = true, heldout = true,
-                      images_per_prompt = true, advantage = true, tracker = true }
+                      images_per_prompt = true, advantage = true, tracker = true, batch_size = true }
 
 local function check_task(i, t, cfg)
   if type(t) ~= 'table' then raise(('rl: task %d must be a table {name, prompts, reward}'):format(i)) end
   if type(t.name) ~= 'string' then raise(('rl: task %d needs a name'):format(i)) end
   for k in pairs(t) do
     if not TASK_FIELDS[k] then
-      raise(("rl: task %s: unknown field '%s' (fields: advantage, heldout, images_per_prompt, name, prompts, reward, weight)")
+      raise(("rl: task %s: unknown field '%s' (fields: advantage, batch_size, heldout, images_per_prompt, name, "
+             .. "prompts, reward, weight)")
         :format(t.name, tostring(k)))
     end
   end
@@ -118,13 +119,17 @@ local function check_task(i, t, cfg)
   if type(k) ~= 'number' or k % 1 ~= 0 or k < 1 then
     raise(('rl: task %s: images_per_prompt must be an integer >= 1, got %s'):format(t.name, tostring(k)))
   end
-  if cfg.sample.batch_size % k ~= 0 then
-    raise(('rl: task %s: sample.batch_size = %d is not a multiple of images_per_prompt = %d')
-      :format(t.name, cfg.sample.batch_size, k))
+  local b = t.batch_size
+  if b ~= nil and (type(b) ~= 'number' or b % 1 ~= 0 or b < 1) then
+    raise(('rl: task %s: batch_size must be an integer >= 1, got %s'):format(t.name, tostring(b)))
   end
-  local modes = { batch = true, per_prompt = true, group = true }
+  if (b or cfg.sample.batch_size) % k ~= 0 then
+    raise(('rl: task %s: %s = %d is not a multiple of images_per_prompt = %d')
+      :format(t.name, b and 'batch_size' or 'sample.batch_size', b or cfg.sample.batch_size, k))
+  end
+  local modes = { batch = true, per_prompt = true, group = true, group_mean = true }
   if t.advantage ~= nil and not modes[t.advantage] then
-    raise(("rl: task %s: advantage must be 'batch', 'per_prompt' or 'group', got %s")
+    raise(("rl: task %s: advantage must be 'batch', 'per_prompt', 'group' or 'group_mean', got %s")
       :format(t.name, tostring(t.advantage)))
   end
   if t.heldout ~= nil then
@@ -151,7 +156,8 @@ end
 
 -- M.new(cfg, opts): opts.tasks = { {name, prompts (a diffrl.prompts source),
 -- reward (a reward function), weight, heldout (a list of prompts),
--- images_per_prompt}, ... }; opts.pretrain_data (a source of image-text pairs:
+-- images_per_prompt, batch_size (images per iteration on each rank; unset:
+-- sample.batch_size)}, ... }; opts.pretrain_data (a source of image-text pairs:
 -- next(n) -> images [n, 3, H, W] in [0, 1], captions; state, set_state);
 -- opts.resume (a run folder); opts.config_text.
 local function new(cfg, opts, world)
@@ -393,7 +399,7 @@ end
 
 function Trainer:train_task(task, metrics)
   local cfg, pipe = self.cfg, self.pipe
-  local B = cfg.sample.batch_size
+  local B = task.batch_size or cfg.sample.batch_size
   local k = task.images_per_prompt or cfg.sample.images_per_prompt
   local R = self.ranks
   local drawn = task.prompts:next(R * B / k) -- the global batch's prompts, on every rank
@@ -414,10 +420,12 @@ function Trainer:train_task(task, metrics)
     scores, prompts = self.world:all_gather_numbers(scores), (batch_prompts(drawn, k))
   end
   local adv, ainfo
+  local mode = task.advantage or cfg.train.advantage
   if task.tracker then
     adv, ainfo = task.tracker:update(prompts, scores)
-  elseif (task.advantage or cfg.train.advantage) == 'group' then -- GRPO: normalise among the images of one prompt
-    adv, ainfo = rl.group_advantages(scores, prompts, { clip = cfg.train.adv_clip_max })
+  elseif mode == 'group' or mode == 'group_mean' then -- GRPO: normalise among the images of one prompt
+    adv, ainfo = rl.group_advantages(scores, prompts, { clip = cfg.train.adv_clip_max,
+                                                        scale = mode == 'group_mean' and 'batch' or 'group' })
   else
     adv, ainfo = rl.advantages(scores, { clip = cfg.train.adv_clip_max })
   end
