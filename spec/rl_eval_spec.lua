@@ -121,6 +121,31 @@ describe('rl trainer: held-out evaluation and groups', function()
     os.execute('rm -rf ' .. dir)
   end)
 
+  it('eval.seeds = N: N held-out images a prompt, each from its own seed, whatever the batch', function()
+    local function step0(batch, heldout)
+      local dir, seen = temp_dir(), {}
+      local tr = dr.rl.trainer.new(cfg_for(dir, { train = { iterations = 1 }, sample = { batch_size = batch },
+                                                  eval = { seed = 3, seeds = 2 } }), { tasks = { {
+        name = 'bright', prompts = dr.prompts.list { 'a', shuffle = false }, reward = recording_reward(seen),
+        heldout = heldout,
+      } } })
+      tr:train()
+      local ev, row = tr.run:read_log('eval'), tr:summary()[1]
+      os.execute('rm -rf ' .. dir)
+      return ev[1]['heldout_scores/bright'], seen[1], row
+    end
+    local a, seen, row = step0(4, { 'h1', 'h2', 'h3' })
+    assert.are.same({ 'h1', 'h1', 'h2', 'h2' }, seen.prompts) -- the first chunk of 4
+    assert.are.same({ 1, 1, 2, 2 }, seen.groups)
+    assert.are.equal(6, #a)
+    assert.are.equal(6, row.heldout_win.n)
+    local b = step0(2, { 'h1', 'h2', 'h3' })
+    for i = 1, 6 do assert.is_true(math.abs(a[i] - b[i]) < 1e-5, ('image %d: %.7f, %.7f'):format(i, a[i], b[i])) end
+    local c = step0(4, { 'h2' }) -- h2's two images alone: the same noise as among the others
+    for i = 1, 2 do assert.is_true(math.abs(a[2 + i] - c[i]) < 1e-5) end
+    assert.is_true(a[3] ~= a[4]) -- seed 3 and seed 4 differ
+  end)
+
   it("samples a task's own batch_size, the others sample.batch_size", function()
     local dir = temp_dir()
     local seen_big, seen_small = {}, {}

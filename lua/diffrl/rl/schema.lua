@@ -88,6 +88,10 @@ return config.schema(config.merge(config.common(), {
               doc = "evaluate the tasks' held-out prompts every N iterations; unset: before training and at the end only" },
     seed = { type = 'integer', default = 7, min = 0,
              doc = 'noise seed of the held-out samples: the same noise at every evaluation, so before/after pairs' },
+    seeds = { type = 'integer', min = 1, optional = true,
+              doc = "held-out images per prompt, image j from its own generator seeded eval.seed + j - 1: the "
+                    .. "images (and numbers) of `diffrl eval --seeds N` from seed eval.seed; unset: the task's "
+                    .. "images_per_prompt, from one generator" },
   },
   checkpoint = {
     every = { default = 200, doc = 'write a checkpoint every N iterations (YAML: save_interval)' },

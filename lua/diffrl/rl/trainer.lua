@@ -517,7 +517,8 @@ end
 local GRID_PER_TASK = 8 -- held-out images per task in heldout/before.png, after.png
 
 -- Samples every task's held-out prompts with the eval.seed noise (the same at each
--- call), scores them, logs heldout_reward/<task> to eval.jsonl at the current step
+-- call; with eval.seeds = N, N images of each prompt, image j from its own
+-- dr.Generator(eval.seed + j - 1): the images `diffrl eval --seeds N` samples), scores them, logs heldout_reward/<task> to eval.jsonl at the current step
 -- and writes heldout/<label>.png. Returns the logged row, or nil when no task has
 -- held-out prompts.
 function Trainer:evaluate(label)
@@ -528,26 +529,33 @@ function Trainer:evaluate(label)
   return row
 end
 
+-- Held-out images per prompt of a task: eval.seeds, else its images_per_prompt.
+function Trainer:heldout_images(task)
+  return self.cfg.eval.seeds or task.images_per_prompt or self.cfg.sample.images_per_prompt or 1
+end
+
 function Trainer:evaluate_here(label)
   local cfg, pipe = self.cfg, self.pipe
   local row, grid, grid_prompts = { step = self.step }, {}, {}
   local t0 = now()
   for ti, task in ipairs(self.tasks) do
     if task.heldout then
-      local k = task.images_per_prompt or cfg.sample.images_per_prompt
+      local k = self:heldout_images(task)
       local prompts, groups = batch_prompts(task.heldout, k)
       groups = groups or {}
       local chunk = math.max(k, math.floor(cfg.sample.batch_size / k) * k)
-      local gen = core.Generator(cfg.eval.seed + 7919 * (ti - 1))
+      local gen = not cfg.eval.seeds and core.Generator(cfg.eval.seed + 7919 * (ti - 1)) or nil
       local scores, shown = {}, 0
       for c = 1, #prompts, chunk do
-        local sub, sub_groups = {}, {}
+        local sub, sub_groups, gens = {}, {}, {}
         for i = c, math.min(c + chunk - 1, #prompts) do
           sub[#sub + 1], sub_groups[#sub_groups + 1] = prompts[i], groups[i]
+          if not gen then gens[#gens + 1] = core.Generator(cfg.eval.seed + (i - 1) % k) end
         end
         local images = core.no_grad(function()
           return pipe:sample { prompt = sub, negative = cfg.sample.negative_prompt or '', steps = cfg.sample.steps,
-                               cfg = cfg.sample.guidance, eta = cfg.sample.eta, generator = gen,
+                               cfg = cfg.sample.guidance, eta = cfg.sample.eta,
+                               generator = gen or core.row_generators(gens),
                                height = cfg.sample.resolution, width = cfg.sample.resolution }
         end):cpu()
         local s = rewards.call(task.reward, images, sub, { step = self.step, task = task.name, heldout = true,
@@ -639,7 +647,7 @@ function Trainer:summary()
     -- the paired win rate: the same prompts and noise before and after, so image i
     -- after against image i before; the CI resamples prompts (diffrl.stats)
     if type(before) == 'table' and type(after) == 'table' and #before == #after and #before > 0 then
-      local k = task.images_per_prompt or self.cfg.sample.images_per_prompt or 1
+      local k = self:heldout_images(task)
       local units, a, b = {}, {}, {}
       for i = 1, #before do
         units[i] = math.floor((i - 1) / k) + 1
