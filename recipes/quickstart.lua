@@ -1,7 +1,7 @@
 -- recipes/quickstart.lua — the embedded default: the paper's joint training
 -- (PAPER.md "joint training") on the shapes world, on 2 CPU cores in minutes.
 --
--- The model is models/shapes-base, a tiny Stable-Diffusion-shaped text-to-image
+-- The model is models/shapes-sharp, a tiny Stable-Diffusion-shaped text-to-image
 -- model pretrained on the shapes world (recipes/pretrain_shapes.lua). Three tasks
 -- share one UNet, as the paper's three rewards do:
 --   composition  shapes_composition: the detector finds the objects the prompt
@@ -16,24 +16,22 @@
 -- the same noise; the table at the end (with each task's paired win rate after /
 -- before and its CI) and `diffrl report RUN_DIR` show both.
 --
--- Status (issue 7, open): the run works end to end and, with these defaults, no
--- reward collapses; on the paired held-out evaluation (docs/results.md, 16 prompts x
--- 8 seeds, two seeds of the run) the joint model raises preference (0.531 -> 0.58)
--- and diversity (SP 0.971 -> 0.59-0.63) but not composition (0.124 -> 0.127).
--- What made the difference (configs/quickstart.lua): training only the attention
--- layers (a task's 16-image policy gradient is ~99% noise, which costs more than it
--- gains when it moves every weight: tools/pg_probe.lua), one optimizer step per task
--- on the mean loss of the first 5 (noisiest) denoising steps, a new prompt stream
--- every iteration, and advantages normalised within each prompt's 4 images. With one
--- step per denoising step on 4 fixed prompts (the defaults until 2026-11-26) the
--- composition and preference rewards collapsed. Composition needs the model to
--- draw better shapes, which this 1M-parameter UNet does not learn from 640 images
--- (see docs/results.md for what was tried). models/shapes-sharp (the same model
--- trained longer) draws recognisable shapes; on it (model.path=models/shapes-sharp)
--- preference rises in three seeds of three and diversity in two, composition not.
+-- Status (issue 7): on the paired held-out evaluation (docs/results.md, 16 prompts x
+-- 8 seeds, three seeds of the run) the joint model raises composition (win rates
+-- 0.566-0.570 over the base, +0.03-0.04), preference (0.62-0.70) and, in two seeds of
+-- three, diversity (SP 0.53 -> 0.38 for seed 0); spec/quickstart_proof_spec.lua checks
+-- the default run. What made the difference (configs/quickstart.lua): a base that
+-- draws recognisable shapes (shapes-sharp; on models/shapes-base composition never
+-- rose); training only the attention layers (a task's 16-image policy gradient is
+-- ~99% noise, which costs more than it gains when it moves every weight:
+-- tools/pg_probe.lua); 48 composition images an iteration (its gradient carries the
+-- least signal); one optimizer step per task on the mean loss of the first 5
+-- (noisiest) denoising steps; a new prompt stream every iteration; advantages
+-- normalised within each prompt's 4 images.
 --
---   diffrl run recipes/quickstart.lua                          # ~5.5 minutes on 2 cores
+--   diffrl run recipes/quickstart.lua                          # ~5 minutes on 2 cores
 --   diffrl run recipes/quickstart.lua train.iterations=10      # a shorter look
+--   diffrl run recipes/quickstart.lua model.path=models/shapes-base   # the blurrier base
 --   diffrl run recipes/quickstart.lua --resume runs/quickstart-...   # after Ctrl-C
 --   diffrl report runs/quickstart-...                          # report.html
 local dr = require 'diffrl'
@@ -41,7 +39,7 @@ local shapes_tasks = require 'diffrl.rewards.shapes_tasks'
 
 local root = debug.getinfo(1, 'S').source:match('^@(.*)/recipes/[^/]*$') or '.'
 local defaults = dofile(root .. '/configs/quickstart.lua')
-defaults.model = defaults.model or { path = root .. '/models/shapes-base' }
+defaults.model = defaults.model or { path = root .. '/models/shapes-sharp' }
 
 -- the recipe's own settings, on top of the RL schema
 local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {
