@@ -20,7 +20,8 @@
 -- 8 seeds, three seeds of the run) the joint model raises composition (win rates
 -- 0.566-0.570 over the base, +0.03-0.04), preference (0.62-0.70) and, in two seeds of
 -- three, diversity (SP 0.53 -> 0.38 for seed 0); spec/quickstart_proof_spec.lua checks
--- the default run. What made the difference (configs/quickstart.lua): a base that
+-- the default run. Still open: within one run the composition and diversity CIs
+-- span 0.5 (the end table says "no clear change"). What made the difference (configs/quickstart.lua): a base that
 -- draws recognisable shapes (shapes-sharp; on models/shapes-base composition never
 -- rose); training only the attention layers (a task's 16-image policy gradient is
 -- ~99% noise, which costs more than it gains when it moves every weight:

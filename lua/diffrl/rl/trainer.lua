@@ -518,7 +518,8 @@ local GRID_PER_TASK = 8 -- held-out images per task in heldout/before.png, after
 
 -- Samples every task's held-out prompts with the eval.seed noise (the same at each
 -- call; with eval.seeds = N, N images of each prompt, image j from its own
--- dr.Generator(eval.seed + j - 1): the images `diffrl eval --seeds N` samples), scores them, logs heldout_reward/<task> to eval.jsonl at the current step
+-- dr.Generator(eval.seed + j - 1): the images `diffrl eval --seeds N` samples),
+-- scores them, logs heldout_reward/<task> to eval.jsonl at the current step
 -- and writes heldout/<label>.png. Returns the logged row, or nil when no task has
 -- held-out prompts.
 function Trainer:evaluate(label)
