@@ -6,7 +6,7 @@
 -- Builds recipes/quickstart.lua's trainer on MODEL (one task, no pretraining step, the
 -- whole UNet trainable: `only` picks the parameters a step moves),
 -- computes the task's policy gradient on `batches` sampled batches (sample.batch_size
--- images each) without stepping, and prints
+-- images each, not the quickstart's shapes.batch_size) without stepping, and prints
 --   * the cosine between the summed gradients of the two halves of the batches (0:
 --     noise only; for a true gradient mu and per-batch noise sigma it is about
 --     h|mu|^2 / (h|mu|^2 + |sigma|^2), h = batches / 2),
@@ -49,12 +49,20 @@ end
 
 local dir = os.tmpname()
 os.remove(dir)
+-- a batch is sample.batch_size images (the quickstart's default or SETTINGS'), not the
+-- quickstart's shapes.batch_size for the task, from the warm-up iteration on (it moves
+-- the prompt stream and the noise); shapes.batch_size.TASK=N in SETTINGS still wins
+local batch = dofile(root .. '/configs/quickstart.lua').sample.batch_size
+for _, s in ipairs(settings) do batch = s:match('^sample%.batch_size=(%d+)$') or batch end
 _G.arg = { 'model.path=' .. model, 'train.iterations=1', 'run.dir=' .. dir, 'train.warmup_steps=0',
            'train.lr=0', 'pretrain.weight=0', 'shapes.tasks=' .. opts.task,
            'train.trainable={}', -- every UNet weight (the quickstart's own default: attention only); `only` filters
-           unpack(settings) }
+           ('shapes.batch_size.%s=%s'):format(opts.task, batch), unpack(settings) }
 -- one iteration at lr 0 builds the trainer (and scores the held-out prompts once)
 local _, tr = dofile(root .. '/recipes/quickstart.lua')
+-- held-out: images_per_prompt images a prompt from one generator per seed of `seeds`,
+-- not the quickstart's eval.seeds
+tr.cfg.eval.seeds = nil
 local flat = tr.opt.flat
 local theta0 = flat.params:clone()
 local grads = {}
@@ -71,7 +79,7 @@ local function dot(a, b) return (a * b):sum():item() end
 local h1, h2 = grads[1]:clone(), grads[K / 2 + 1]:clone()
 for i = 2, K / 2 do h1, h2 = h1 + grads[i], h2 + grads[K / 2 + i] end
 print(('%s on %s: cos(first half, second half) = %.4f (%d batches of %d images)')
-  :format(opts.task, model, dot(h1, h2) / math.sqrt(dot(h1, h1) * dot(h2, h2)), K, tr.cfg.sample.batch_size))
+  :format(opts.task, model, dot(h1, h2) / math.sqrt(dot(h1, h1) * dot(h2, h2)), K, tr.tasks[1].batch_size))
 local sq = grads[1] * grads[1]
 for i = 2, K do sq = sq + grads[i] * grads[i] end
 local dir_ = ((h1 + h2) * (1 / K)) / ((sq * (1 / K)):sqrt() + 1e-12)
