@@ -54,6 +54,9 @@ local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {
                   doc = "reward normalisation of the composition and preference tasks: over the batch "
                         .. "(the paper), within each prompt's images (GRPO) or minus each prompt's mean over "
                         .. "the batch's std (group_mean, Dr. GRPO); diversity always uses the batch" },
+    credit = { type = 'string', default = 'group', choices = { 'group', 'leave_one_out' },
+               doc = "the diversity task's per-image reward: its group's -SP (the paper's Eq. 12) or "
+                     .. "leave_one_out: -SP of the group minus -SP of the group without the image" },
     prompts = { type = 'integer', default = 0, min = 0,
                 doc = 'distinct training prompts per task, drawn once from the shapes stream and cycled '
                       .. '(the paper trains on fixed prompt sets); 0: an endless stream of new captions' },
@@ -76,7 +79,7 @@ local function make_tasks(cfg)
   local ok, tasks = pcall(shapes_tasks.make, { names = cfg.shapes.tasks, seed = cfg.run.seed,
                                                max_objects = cfg.shapes.max_objects, prompts = cfg.shapes.prompts,
                                                advantage = cfg.shapes.advantage, heldout = cfg.shapes.heldout,
-                                               batch_sizes = cfg.shapes.batch_size })
+                                               batch_sizes = cfg.shapes.batch_size, credit = cfg.shapes.credit })
   if not ok then error('quickstart: shapes.tasks: ' .. tostring(tasks):gsub('^shapes tasks: ', ''), 0) end
   return tasks
 end

@@ -189,6 +189,63 @@ describe('rl.core.group_advantages: GRPO-style groups of the current batch #bind
   end)
 end)
 
+describe('rl.core.leave_one_out: the credit of one image in a group reward #binding', function()
+  -- statistical parity over 3 colours, as shapes_diversity judges a group (Eq. 12)
+  local function neg_sp(colors)
+    local f = { r = 0, b = 0, g = 0 }
+    for _, c in ipairs(colors) do f[c] = f[c] + 1 / #colors end
+    return -((f.r - 1 / 3) ^ 2 + (f.b - 1 / 3) ^ 2 + (f.g - 1 / 3) ^ 2)
+  end
+  local function judge(labels, ids) -- every image of a group gets the group's -SP
+    local members = {}
+    for j, id in ipairs(ids) do
+      members[id] = members[id] or {}
+      table.insert(members[id], labels[j])
+    end
+    local out = {}
+    for j, id in ipairs(ids) do out[j] = neg_sp(members[id]) end
+    return out
+  end
+
+  it('gives a duplicated colour a negative credit and a missing one a positive credit', function()
+    local labels = { 'r', 'r', 'b', 'g', 'r', 'r', 'r', 'r', 'b' }
+    local ids = { 1, 1, 1, 1, 2, 2, 2, 2, 3 }
+    local calls = 0
+    local credits, info = core.leave_one_out(judge(labels, ids), ids, function(idx, sub_ids)
+      calls = calls + 1
+      local sub = {}
+      for j, i in ipairs(idx) do sub[j] = labels[i] end
+      return judge(sub, sub_ids)
+    end)
+    assert.are.equal(1, calls)
+    -- group 1: -SP {r,r,b,g} = -1/24; without an r: {r,b,g}, SP 0; without b: {r,r,g}, SP 2/9
+    assert_list_close({ credits[1], credits[2], credits[3], credits[4] },
+                      { -1 / 24, -1 / 24, 13 / 72, 13 / 72 }, 1e-14, 'group 1')
+    for i = 5, 8 do assert(math.abs(credits[i]) < 1e-15, 'one colour') end -- no image is to blame more
+    assert.is_true(credits[9] ~= credits[9]) -- a group of one: nothing to leave out, NaN (advantage 0)
+    assert.are.same({ n_groups = 3, rescored = 24 }, info)
+  end)
+
+  it('gives NaN where the group or its subset has a non-finite reward', function()
+    local credits = core.leave_one_out({ 1, 1, 2, 2 }, { 'a', 'a', 'b', 'b' }, function(idx)
+      local out = {}
+      for j, i in ipairs(idx) do out[j] = i == 4 and NAN or 1 end
+      return out
+    end)
+    assert.are.equal(0, credits[1])
+    assert.are.equal(0, credits[2])
+    assert.is_true(credits[3] ~= credits[3]) -- its subset holds image 4
+    assert.are.equal(1, credits[4]) -- group b's mean 2, without image 4: image 3 alone scores 1
+  end)
+
+  it('names what is wrong', function()
+    assert.matches('group_ids must be a list of 2 keys', h.error_of(core.leave_one_out, { 1, 2 }, { 'a' }, print))
+    assert.matches('rescore must be a function', h.error_of(core.leave_one_out, { 1, 2 }, { 'a', 'a' }))
+    assert.matches('rescore returned 1 rewards for 2 images',
+                   h.error_of(core.leave_one_out, { 1, 2 }, { 'a', 'a' }, function() return { 0 } end))
+  end)
+end)
+
 describe('rl.core.ppo_loss: the clipped objective (Alg. 1) #binding', function()
   -- ratios 1, 1.5, 0.5, 1.1, 0.5, 1.5 with clip_range 0.2 and advantages
   -- 1, 1, -1, -1, 1, -1: per sample max(-A r, -A clamp(r, 0.8, 1.2)) is

@@ -162,6 +162,31 @@ describe('rl trainer: held-out evaluation and groups', function()
     os.execute('rm -rf ' .. dir)
   end)
 
+  it("credit = 'leave_one_out': the reward judges every group again without each image", function()
+    local dir, seen = temp_dir(), {}
+    local record = recording_reward(seen)
+    local tr = dr.rl.trainer.new(cfg_for(dir, { train = { iterations = 1 } }), { tasks = { {
+      name = 'fair', prompts = dr.prompts.list { 'x', 'y', shuffle = false }, images_per_prompt = 2,
+      credit = 'leave_one_out',
+      reward = dr.rewards.group_level(function(images, prompts, meta)
+        record(images, prompts, meta)
+        return images:mean():item() -- one score per group
+      end, 'fair'),
+    } } })
+    tr:train()
+    -- the batch's two groups of 2 (one call per group), then the 4 leave-one-out
+    -- subsets of one image each, in groups of their own
+    assert.are.equal(6, #seen)
+    for i = 1, 2 do assert.are.same({ 2, { i, i } }, { seen[i].n, seen[i].groups }) end
+    for i = 3, 6 do assert.are.same({ 1, { i - 2 } }, { seen[i].n, seen[i].groups }) end
+    assert.are.same({ 'x' }, seen[3].prompts)
+    assert.are.same({ 'y' }, seen[6].prompts)
+    local m = tr.run:read_log('metrics')[1]
+    assert.are.equal(4, m.images)
+    assert.is_true(m['reward_mean/fair'] > 0) -- the groups' scores, not the credits (which sum to 0)
+    os.execute('rm -rf ' .. dir)
+  end)
+
   it('names bad task fields and a batch that is not a multiple of the group', function()
     local cfg = cfg_for(temp_dir())
     local function new(task) return pcall(dr.rl.trainer.new, cfg, { tasks = { task } }) end
@@ -182,6 +207,12 @@ describe('rl trainer: held-out evaluation and groups', function()
     t = base(); t.heldout = { 'a', 5 }
     ok, err = new(t)
     assert.is_truthy(tostring(err):find('heldout[2] is a number', 1, true), err)
+    t = base(); t.credit = 'shapley'
+    ok, err = new(t)
+    assert.is_truthy(tostring(err):find("task t: credit must be 'group' or 'leave_one_out', got shapley", 1, true), err)
+    t = base(); t.credit = 'leave_one_out'
+    ok, err = new(t)
+    assert.is_truthy(tostring(err):find("credit = 'leave_one_out' needs images_per_prompt >= 2", 1, true), err)
     t = base(); t.held_out = { 'a' }
     ok, err = new(t)
     assert.is_truthy(tostring(err):find("unknown field 'held_out'", 1, true), err)

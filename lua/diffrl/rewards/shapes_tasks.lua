@@ -73,7 +73,9 @@ end
 -- preference prompts), prompts (distinct training prompts per task, 0 = an endless
 -- stream), advantage ('batch', 'group' or 'group_mean' for composition and
 -- preference), heldout (held-out prompts of composition and preference), batch_sizes
--- ({ [task name] = images per iteration }; unset: the trainer's sample.batch_size).
+-- ({ [task name] = images per iteration }; unset: the trainer's sample.batch_size),
+-- credit (of the diversity task's group reward: 'group' or 'leave_one_out', the trainer's
+-- task.credit).
 function M.make(opts)
   local seed, mo = opts.seed or 0, opts.max_objects or 2
   local n, adv = opts.prompts or 0, opts.advantage or 'batch'
@@ -86,7 +88,7 @@ function M.make(opts)
     diversity = function()
       return { prompts = shapes.prompts { seed = seed + 1, max_objects = 1, open_color = true, name = 'diversity',
                                           kinds = DIVERSITY_TRAIN_KINDS },
-               advantage = 'batch' }
+               advantage = 'batch', credit = opts.credit }
     end,
     preference = function()
       return { prompts = training_prompts(n, { seed = seed + 2, max_objects = mo, name = 'preference' }),

@@ -7,6 +7,7 @@
 --   local tracker = core.PerPromptTracker.new { buffer_size = 16, min_count = 16 }
 --   local adv = tracker:update(prompts, rewards)                     -- ddpo's option
 --   local adv = core.group_advantages(rewards, group_ids)            -- GRPO-style
+--   local c = core.leave_one_out(rewards, group_ids, rescore)        -- group-reward credit
 --   local idx = core.choose_timesteps(50, 5, gen)                    -- step indices
 --   local loss, st = core.trajectory_step_loss { ... }               -- one PPO step
 --   local loss, st = core.ppo_loss(lp_new, lp_old, adv, { clip_range = 1e-4 })
@@ -148,6 +149,26 @@ function M.scale_negative(adv, scale)
   return out
 end
 
+-- The positions of each group's members: rows[g] = { i, ... }, order = the groups in
+-- order of first appearance. group_ids: one key (string or number) per reward.
+local function group_rows(op, n, group_ids)
+  if type(group_ids) ~= 'table' or #group_ids ~= n then
+    raise(('%s: group_ids must be a list of %d keys (one per reward), got %s'):format(op, n,
+          type(group_ids) == 'table' and #group_ids .. ' keys' or type(group_ids)))
+  end
+  local rows, order = {}, {}
+  for i = 1, n do
+    local g = group_ids[i]
+    if type(g) ~= 'string' and type(g) ~= 'number' then
+      raise(('%s: group_ids[%d] is a %s, expected a string or a number'):format(op, i, type(g)))
+    end
+    if not rows[g] then rows[g] = {}; order[#order + 1] = g end
+    local r = rows[g]
+    r[#r + 1] = i
+  end
+  return rows, order
+end
+
 -- ---- advantages: groups of the current batch (GRPO) -----------------------------------
 
 -- core.group_advantages(rewards, group_ids, opts) -> advantages, info
@@ -167,25 +188,12 @@ function M.group_advantages(rewards, group_ids, opts)
   local op = 'group_advantages'
   opts = check_opts(op, opts, GROUP_OPTS)
   local rs = number_list(op, 'rewards', rewards)
-  if type(group_ids) ~= 'table' or #group_ids ~= #rs then
-    raise(('%s: group_ids must be a list of %d keys (one per reward), got %s'):format(op, #rs,
-          type(group_ids) == 'table' and #group_ids .. ' keys' or type(group_ids)))
-  end
   local clip, eps = clip_value(op, opts.clip), eps_value(op, opts.eps, 1e-6)
   local scale = opts.scale or 'group'
   if scale ~= 'group' and scale ~= 'batch' then
     raise(("%s: scale must be 'group' or 'batch', got %s"):format(op, tostring(scale)))
   end
-  local rows, order = {}, {}
-  for i = 1, #rs do
-    local g = group_ids[i]
-    if type(g) ~= 'string' and type(g) ~= 'number' then
-      raise(('%s: group_ids[%d] is a %s, expected a string or a number'):format(op, i, type(g)))
-    end
-    if not rows[g] then rows[g] = {}; order[#order + 1] = g end
-    local r = rows[g]
-    r[#r + 1] = i
-  end
+  local rows, order = group_rows(op, #rs, group_ids)
   local adv, n_valid = {}, 0
   local batch_std = scale == 'batch' and select(2, moments(rs, nil, opts.unbiased == true)) or nil
   for _, g in ipairs(order) do
@@ -195,6 +203,60 @@ function M.group_advantages(rewards, group_ids, opts)
     for _, i in ipairs(rows[g]) do adv[i] = normalized(rs[i], mean, std, eps, clip) end
   end
   return adv, { n_groups = #order, n_valid = n_valid, n_nonfinite = #rs - n_valid }
+end
+
+-- ---- credit of one image in a group reward (leave one out) ----------------------------
+
+-- core.leave_one_out(rewards, group_ids, rescore) -> credits, info
+-- A group reward (statistical parity, fairness: the paper's Eq. 12) gives every image
+-- of a group the group's score, so the policy gradient cannot tell which image made
+-- the group diverse. Each image's credit here is its marginal contribution:
+--   c_i = R(G) - R(G without i),   R(G) = the mean of G's rewards (judged together)
+-- R(G without i) depends only on the other images, which are sampled independently
+-- of image i, so subtracting it is a baseline: the gradient's expectation is the
+-- group objective's, its variance much lower. A colour the group has twice gets a
+-- negative credit, a colour it lacks a positive one.
+-- rescore(indices, sub_ids) -> rewards: the reward of the images at `indices` (1-based
+-- positions in the batch), judged in the groups sub_ids (one id per index); called
+-- once, with every leave-one-out subset of every group. A group of one, or a
+-- non-finite reward in the group or its subset, gives credit NaN (advantage 0).
+-- info = { n_groups, rescored (images judged again) }
+function M.leave_one_out(rewards, group_ids, rescore)
+  local op = 'leave_one_out'
+  local rs = number_list(op, 'rewards', rewards)
+  if type(rescore) ~= 'function' then raise(op .. ': rescore must be a function(indices, sub_ids)') end
+  local rows, order = group_rows(op, #rs, group_ids)
+  local idx, sub_ids, owner = {}, {}, {} -- subset s leaves out image owner[s]
+  for _, g in ipairs(order) do
+    local members = rows[g]
+    if #members > 1 then
+      for _, left in ipairs(members) do
+        owner[#owner + 1] = left
+        for _, i in ipairs(members) do
+          if i ~= left then idx[#idx + 1], sub_ids[#sub_ids + 1] = i, #owner end
+        end
+      end
+    end
+  end
+  local sub = #idx > 0 and number_list(op, 'rescore\'s rewards', rescore(idx, sub_ids)) or {}
+  if #sub ~= #idx then raise(('%s: rescore returned %d rewards for %d images'):format(op, #sub, #idx)) end
+  local sum, cnt = {}, {}
+  for j, s in ipairs(sub_ids) do
+    sum[s], cnt[s] = (sum[s] or 0) + sub[j], (cnt[s] or 0) + 1
+  end
+  local mean = {}
+  for _, g in ipairs(order) do
+    local total = 0
+    for _, i in ipairs(rows[g]) do total = total + rs[i] end
+    mean[g] = total / #rows[g]
+  end
+  local credits = {}
+  for i = 1, #rs do credits[i] = 0 / 0 end
+  for s, left in ipairs(owner) do
+    local c = mean[group_ids[left]] - sum[s] / cnt[s]
+    if c == c and c ~= math.huge and c ~= -math.huge then credits[left] = c end
+  end
+  return credits, { n_groups = #order, rescored = #idx }
 end
 
 -- ---- advantages: per-prompt history (ddpo's PerPromptStatTracker) ---------------------

@@ -96,15 +96,15 @@ local Trainer = {}
 Trainer.__index = Trainer
 
 local TASK_FIELDS = { name = true, prompts = true, reward = true, weight = true, heldout = true,
-                      images_per_prompt = true, advantage = true, tracker = true, batch_size = true }
+                      images_per_prompt = true, advantage = true, tracker = true, batch_size = true, credit = true }
 
 local function check_task(i, t, cfg)
   if type(t) ~= 'table' then raise(('rl: task %d must be a table {name, prompts, reward}'):format(i)) end
   if type(t.name) ~= 'string' then raise(('rl: task %d needs a name'):format(i)) end
   for k in pairs(t) do
     if not TASK_FIELDS[k] then
-      raise(("rl: task %s: unknown field '%s' (fields: advantage, batch_size, heldout, images_per_prompt, name, "
-             .. "prompts, reward, weight)")
+      raise(("rl: task %s: unknown field '%s' (fields: advantage, batch_size, credit, heldout, images_per_prompt, "
+             .. "name, prompts, reward, weight)")
         :format(t.name, tostring(k)))
     end
   end
@@ -132,6 +132,13 @@ local function check_task(i, t, cfg)
     raise(("rl: task %s: advantage must be 'batch', 'per_prompt', 'group' or 'group_mean', got %s")
       :format(t.name, tostring(t.advantage)))
   end
+  if t.credit ~= nil and t.credit ~= 'group' and t.credit ~= 'leave_one_out' then
+    raise(("rl: task %s: credit must be 'group' or 'leave_one_out', got %s"):format(t.name, tostring(t.credit)))
+  end
+  if t.credit == 'leave_one_out' and k < 2 then
+    raise(("rl: task %s: credit = 'leave_one_out' needs images_per_prompt >= 2 (groups of images to leave one "
+           .. "out of), got %d"):format(t.name, k))
+  end
   if t.heldout ~= nil then
     if type(t.heldout) ~= 'table' or #t.heldout == 0 then
       raise(('rl: task %s: heldout must be a non-empty list of prompts'):format(t.name))
@@ -157,7 +164,9 @@ end
 -- M.new(cfg, opts): opts.tasks = { {name, prompts (a diffrl.prompts source),
 -- reward (a reward function), weight, heldout (a list of prompts),
 -- images_per_prompt, batch_size (images per iteration on each rank; unset:
--- sample.batch_size)}, ... }; opts.pretrain_data (a source of image-text pairs:
+-- sample.batch_size), credit ('group': the rewards as the reward gives them;
+-- 'leave_one_out': each image's marginal share of its group's reward, rl.core's
+-- leave_one_out, for group rewards such as statistical parity)}, ... }; opts.pretrain_data (a source of image-text pairs:
 -- next(n) -> images [n, 3, H, W] in [0, 1], captions; state, set_state);
 -- opts.resume (a run folder); opts.config_text.
 local function new(cfg, opts, world)
@@ -415,19 +424,29 @@ function Trainer:train_task(task, metrics)
   local t_sample = now() - t0
   local scores, rinfo = rewards.call(task.reward, images, prompts,
                                      { step = self.step + 1, task = task.name, groups = groups })
+  local credit = scores -- what the advantages normalise
+  if task.credit == 'leave_one_out' then -- each image's share of its group's reward
+    credit = rl.leave_one_out(scores, groups, function(idx, sub_ids)
+      local sub_prompts = {}
+      for j, i in ipairs(idx) do sub_prompts[j] = prompts[i] end
+      return (rewards.call(task.reward, images:index_select(1, idx), sub_prompts,
+                           { step = self.step + 1, task = task.name, groups = sub_ids }))
+    end)
+  end
   metrics.reward_s = (metrics.reward_s or 0) + (now() - t0 - t_sample)
   if R > 1 then -- the global batch's rewards and prompts, in rank order (PAPER.md step 3)
     scores, prompts = self.world:all_gather_numbers(scores), (batch_prompts(drawn, k))
+    credit = task.credit == 'leave_one_out' and self.world:all_gather_numbers(credit) or scores
   end
   local adv, ainfo
   local mode = task.advantage or cfg.train.advantage
   if task.tracker then
-    adv, ainfo = task.tracker:update(prompts, scores)
+    adv, ainfo = task.tracker:update(prompts, credit)
   elseif mode == 'group' or mode == 'group_mean' then -- GRPO: normalise among the images of one prompt
-    adv, ainfo = rl.group_advantages(scores, prompts, { clip = cfg.train.adv_clip_max,
+    adv, ainfo = rl.group_advantages(credit, prompts, { clip = cfg.train.adv_clip_max,
                                                         scale = mode == 'group_mean' and 'batch' or 'group' })
   else
-    adv, ainfo = rl.advantages(scores, { clip = cfg.train.adv_clip_max })
+    adv, ainfo = rl.advantages(credit, { clip = cfg.train.adv_clip_max })
   end
   adv = rl.scale_negative(adv, cfg.train.negative_advantage_scale)
   if R > 1 then -- this rank's rows
