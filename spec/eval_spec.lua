@@ -127,8 +127,8 @@ describe('diffrl eval', function()
   it('gives A == B identical images and a win rate of exactly 1/2 from ties', function()
     local dir = temp_dir()
     local rows = eval(args { '--model', BASE, '--against', BASE, '--prompts', 'shapes:2', '-o', dir })
-    -- 3 sets x 2 prompts x 2 seeds x 2 models (diversity has 4 fixed prompts)
-    assert.equal((2 + 4 + 2) * 2 * 2, #rows)
+    -- 3 sets x 2 prompts x 2 seeds x 2 models (diversity has 11 fixed prompts)
+    assert.equal((2 + 11 + 2) * 2 * 2, #rows)
     local by = {}
     for _, r in ipairs(rows) do by[r.model .. '|' .. r.set .. '|' .. r.prompt .. '|' .. r.seed] = r end
     local compared = 0
@@ -140,7 +140,7 @@ describe('diffrl eval', function()
         compared = compared + 1
       end
     end
-    assert.equal(16, compared)
+    assert.equal(30, compared)
     local s = cjson.decode(h.read_file(dir .. '/summary.json'))
     assert.equal(3, #s.win_rates)
     for _, w in ipairs(s.win_rates) do

@@ -10,7 +10,8 @@
 --     -> the shapes world's held-out prompts per task, as recipes/quickstart.lua holds
 --     them out (its tasks' `heldout`), each entry with the rewards of its task:
 --       composition  n captions of the test split (shapes.heldout_prompts(n, seed))
---       diversity    'a star', 'a small star', ...: colour left open, a kind never trained on
+--       diversity    'a star', ..., 'two circles', ...: colour left open, a kind or a count
+--                    never trained on (11 prompts)
 --       preference   n captions of the test split (stream seed + 2)
 --     sources.SHAPES_PREFERENCE: the quickstart's shapes_preference weights
 --   sources.model(spec, { base =, ema =, device = }) -> { label, path, kind, pipe, step, run }

@@ -6,9 +6,10 @@
 --   composition  shapes_composition (Eq. 13): the detector finds the objects the
 --                prompt names: 'a red circle left of a blue square'
 --   diversity    shapes_diversity (Eq. 12): prompts that leave the colour open
---                ('a circle'), trained on circles, squares and triangles; held out
+--                ('a circle'), trained on one circle, square or triangle; held out
 --                on stars, a kind its prompts never name (as the paper's unseen
---                occupations); one score per group, so normalised over the batch
+--                occupations), and on two or three of a kind, counts they never
+--                name; one score per group, so normalised over the batch
 --   preference   shapes_preference with PREFERENCE's weights: a fixed aesthetic rule
 --                standing in for ImageReward
 --
@@ -33,7 +34,11 @@ M.PREFERENCE = { clean = 0.30, centred = 0.20, fill = 0.15, count = 0.15, crisp 
                  colour = 0.05 }
 
 local DIVERSITY_TRAIN_KINDS = { 'circle', 'square', 'triangle' }
-local DIVERSITY_HELDOUT = { 'a star', 'a small star', 'a large star', 'two stars' }
+-- held out: every prompt of a kind the training prompts never name (stars), and two or
+-- three of each kind, counts they never name (max_objects = 1): 11 prompts, as SP is one
+-- number per prompt (4 prompts left every CI across 0.5 unless all 4 improved)
+local DIVERSITY_HELDOUT = { 'a star', 'a small star', 'a large star', 'two stars', 'three stars', 'two circles',
+                            'two squares', 'two triangles', 'three circles', 'three squares', 'three triangles' }
 
 -- The reward function of a task, as it is trained.
 function M.reward(name)
