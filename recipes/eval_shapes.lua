@@ -25,6 +25,7 @@ local dr = require 'diffrl'
 local ev = require 'diffrl.eval'
 
 local root = debug.getinfo(1, 'S').source:match('^@(.*)/recipes/[^/]*$') or '.'
+local quickstart = dofile(root .. '/configs/quickstart.lua') -- its held-out set's size
 
 local ROWS = { 'composition', 'diversity', 'preference', 'joint' }
 local COLUMNS = { { set = 'composition', reward = 'shapes_composition', higher = true },
@@ -45,7 +46,7 @@ local schema = dr.config.schema {
   joint = model_option('joint (all three rewards)'),
   out = { type = 'string', default = 'runs/eval_shapes', doc = 'the output folder' },
   seeds = { type = 'integer', default = 8, min = 1, doc = 'images per prompt and model' },
-  heldout = { type = 'integer', default = 16, min = 1,
+  heldout = { type = 'integer', default = quickstart.shapes.heldout, min = 1,
               doc = 'held-out prompts of the composition and preference sets (the runs\' shapes.heldout)' },
   seed = { type = 'integer', default = 0, min = 0,
            doc = 'the runs\' run.seed: which captions are held out (as quickstart draws them)' },

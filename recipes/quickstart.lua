@@ -8,7 +8,8 @@
 --                names (Eq. 13): 'a red circle left of a blue square'
 --   diversity    shapes_diversity: prompts that leave the colour open ('a circle'),
 --                4 images each, rewarded by statistical parity of colour (Eq. 12);
---                held out: stars, a kind its prompts never name
+--                held out: stars, a kind its prompts never name, and two or three
+--                of a kind, counts they never name (11 prompts)
 --   preference   shapes_preference: a fixed aesthetic rule standing in for ImageReward
 -- plus one step of the pretraining loss on shapes-world image-caption pairs per
 -- iteration (PAPER.md step 5). Held-out prompts of each task (a caption split the
@@ -16,21 +17,21 @@
 -- the same noise; the table at the end (with each task's paired win rate after /
 -- before and its CI) and `diffrl report RUN_DIR` show both.
 --
--- Status (issue 7): on the paired held-out evaluation (docs/results.md, 16 prompts x
--- 8 seeds, three seeds of the run) the joint model raises composition (win rates
--- 0.566-0.570 over the base, +0.03-0.04), preference (0.62-0.70) and, in two seeds of
--- three, diversity (SP 0.53 -> 0.38 for seed 0); spec/quickstart_proof_spec.lua checks
--- the default run. Still open: within one run the composition and diversity CIs
--- span 0.5 (the end table says "no clear change"). What made the difference (configs/quickstart.lua): a base that
--- draws recognisable shapes (shapes-sharp; on models/shapes-base composition never
--- rose); training only the attention layers (a task's 16-image policy gradient is
--- ~99% noise, which costs more than it gains when it moves every weight:
+-- Status (issue 7): on the paired held-out evaluation (docs/results.md: 32 prompts x
+-- 8 seeds) the default run raises composition (win rate 0.57 [0.52, 0.63] over the
+-- base) and preference (0.63 [0.55, 0.70]), as does seed 2; spec/quickstart_proof_spec.lua
+-- checks the default run. Still open: diversity (SP 0.575 -> 0.522, CI across 0.5; no
+-- change in seed 2): the base draws colour-less prompts orange or not at all, leaving
+-- RL no colours to reinforce. What made the difference (configs/quickstart.lua): a
+-- base that draws recognisable shapes (shapes-sharp; on models/shapes-base composition
+-- never rose); training only the attention layers (a task's 16-image policy gradient
+-- is ~99% noise, which costs more than it gains when it moves every weight:
 -- tools/pg_probe.lua); 48 composition images an iteration (its gradient carries the
--- least signal); one optimizer step per task on the mean loss of the first 5
--- (noisiest) denoising steps; a new prompt stream every iteration; advantages
--- normalised within each prompt's 4 images.
+-- least signal) and 70 iterations; one optimizer step per task on the mean loss of
+-- the first 5 (noisiest) denoising steps; a new prompt stream every iteration;
+-- advantages normalised within each prompt's 4 images.
 --
---   diffrl run recipes/quickstart.lua                          # ~5 minutes on 2 cores
+--   diffrl run recipes/quickstart.lua                          # ~9 minutes on 2 cores
 --   diffrl run recipes/quickstart.lua train.iterations=10      # a shorter look
 --   diffrl run recipes/quickstart.lua model.path=models/shapes-base   # the blurrier base
 --   diffrl run recipes/quickstart.lua --resume runs/quickstart-...   # after Ctrl-C
@@ -61,7 +62,8 @@ local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {
                 doc = 'distinct training prompts per task, drawn once from the shapes stream and cycled '
                       .. '(the paper trains on fixed prompt sets); 0: an endless stream of new captions' },
     heldout = { type = 'integer', default = 8, min = 1,
-                doc = 'held-out prompts of the composition and preference tasks (images_per_prompt images each)' },
+                doc = 'held-out prompts of the composition and preference tasks (eval.seeds images each, else '
+                      .. "images_per_prompt); diversity's are 11 fixed ones" },
     batch_size = {
       composition = { type = 'integer', min = 1, optional = true,
                       doc = 'images of the composition task per iteration; unset: sample.batch_size' },

@@ -1,12 +1,12 @@
 -- Issue 7's proof: the README's first command, recipes/quickstart.lua with its
 -- defaults (run.seed 0), raises each task's reward, judged the way docs/results.md
 -- judges it: `diffrl eval` of the trained model against models/shapes-sharp on the
--- held-out prompts (16 per set, 8 seeds each, the same noise for both models), whose
+-- held-out prompts (32 per set, diversity 11, 8 seeds each, the same noise for both models), whose
 -- numbers the run's own end-of-run evaluation repeats (eval.seeds = 8).
 -- The training curves are not used: every iteration draws new prompts, whose
 -- difficulty moves the curve more than the training does.
 --
--- Its own ctest test (quickstart_proof, ~7 minutes at 2 threads); `diffrl test
+-- Its own ctest test (quickstart_proof, ~10 minutes at 2 threads); `diffrl test
 -- --tags=proof spec/quickstart_proof_spec.lua` runs it alone. The run is
 -- deterministic for any thread count; the margins below are about half of what
 -- this machine measured, so a change that stops a reward from rising fails here.
@@ -27,7 +27,7 @@ describe('recipes/quickstart.lua with its defaults #slow #proof', function()
     local r = h.diffrl { 'run', SRC .. '/recipes/quickstart.lua', 'run.dir=' .. run }
     assert.are.equal(0, r.code, r.stderr)
     r = h.diffrl { 'eval', '--model', 'quickstart=' .. run, '--against', 'base=' .. SRC .. '/models/shapes-sharp',
-                   '--prompts', 'shapes:16', '--seeds', '8', '--steps', '10', '--cfg', '4', '--eta', '1',
+                   '--prompts', 'shapes:32', '--seeds', '8', '--steps', '10', '--cfg', '4', '--eta', '1',
                    '--batch', '16', '-o', out }
     assert.are.equal(0, r.code, r.stderr)
     local summary = cjson.decode(h.read_file(out .. '/summary.json'))
@@ -37,7 +37,7 @@ describe('recipes/quickstart.lua with its defaults #slow #proof', function()
     -- the run's held-out numbers at the end are diffrl eval's (the same images up to
     -- the rounding of batched products)
     local last = evals[#evals]
-    assert.are.equal(40, last.step)
+    assert.are.equal(70, last.step)
     for _, res in ipairs(summary.results) do
       if res.model == 'quickstart' then
         local v = last['heldout_reward/' .. res.set]
@@ -51,15 +51,17 @@ describe('recipes/quickstart.lua with its defaults #slow #proof', function()
       return ('%s: win rate %.3f [%.3f, %.3f], change %+.4f [%+.4f, %+.4f]'):format(
         w.set, w.rate, w.lo, w.hi, w.change.mean, w.change.lo, w.change.hi)
     end
-    -- measured (2026-11-26): win rate 0.566, change +0.028 (128 image pairs)
+    -- measured (2026-11-26, 70 iterations): win rate 0.572 [0.516, 0.631], change
+    -- +0.041 [+0.008, +0.078] (256 image pairs)
     local c = by.composition
-    assert.is_true(c.rate > 0.53 and c.change.mean > 0.01, show(c))
-    -- measured: win rate 0.703 [0.648, 0.758], change +0.022 [+0.000, +0.045]
+    assert.is_true(c.rate > 0.53 and c.change.mean > 0.02, show(c))
+    -- measured: win rate 0.625 [0.547, 0.703], change +0.023 [+0.005, +0.041]
     local p = by.preference
-    assert.is_true(p.rate > 0.6 and p.change.mean > 0.01, show(p))
-    -- diversity: statistical parity (lower is fairer) per prompt, 4 prompts;
-    -- measured: 3 of 4 prompts better, SP change -0.151
+    assert.is_true(p.rate > 0.56 and p.change.mean > 0.01, show(p))
+    -- diversity: statistical parity (lower is fairer) per prompt, 11 prompts;
+    -- measured: 7 better, 3 worse, SP change -0.053 [-0.161, +0.042] (not yet clear:
+    -- docs/results.md)
     local d = by.diversity
-    assert.is_true(d.rate > 0.5 and d.change.mean < -0.05, show(d))
+    assert.is_true(d.rate > 0.5 and d.change.mean < -0.02, show(d))
   end)
 end)

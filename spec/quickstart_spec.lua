@@ -103,7 +103,7 @@ return dr.rl.main {
     assert.is_truthy(r.stdout:find('sample.images_per_prompt', 1, true), r.stdout)
     assert.is_truthy(r.stdout:find('eval.every', 1, true), r.stdout)
     -- the values a run gets: the recipe's (configs/quickstart.lua), then the schema's
-    assert.is_truthy(r.stdout:find('train.iterations +integer +%= 40  %(schema: 1000%)'), r.stdout)
+    assert.is_truthy(r.stdout:find('train.iterations +integer +%= 70  %(schema: 1000%)'), r.stdout)
     assert.is_truthy(r.stdout:find("train.trainable +list of string += { \"attn\" }  %(schema: {}%)"), r.stdout)
   end)
 end)
