@@ -166,7 +166,8 @@ end
 -- images_per_prompt, batch_size (images per iteration on each rank; unset:
 -- sample.batch_size), credit ('group': the rewards as the reward gives them;
 -- 'leave_one_out': each image's marginal share of its group's reward, rl.core's
--- leave_one_out, for group rewards such as statistical parity)}, ... }; opts.pretrain_data (a source of image-text pairs:
+-- leave_one_out, for group rewards such as statistical parity)}, ... };
+-- opts.pretrain_data (a source of image-text pairs:
 -- next(n) -> images [n, 3, H, W] in [0, 1], captions; state, set_state);
 -- opts.resume (a run folder); opts.config_text.
 local function new(cfg, opts, world)
