@@ -88,7 +88,8 @@ end
 
 local function data_batch(n, offset)
   return shapes.sample(n, { seed = cfg.run.seed, offset = offset, resolution = cfg.data.resolution,
-                            max_objects = cfg.data.max_objects, open_color = cfg.data.open_color })
+                            max_objects = cfg.data.max_objects, open_color = cfg.data.open_color,
+                            open_color_mix = cfg.data.open_color_mix })
 end
 
 -- ---- the models ----------------------------------------------------------------------

@@ -185,6 +185,38 @@ describe('shapes.sample #binding', function()
     end
     assert.is_true(open > 60 and open < 140, 'open captions: ' .. open)
   end)
+
+  it('draws the objects of colour-less captions from open_color_mix, the others as before', function()
+    local mix = { 6, 2, 1, 1, 0, 0 } -- red, orange, yellow, green, blue, purple
+    local _, captions, scenes = shapes.sample(600, { seed = 2, open_color = 0.5, open_color_mix = mix })
+    local _, plain_captions, plain_scenes = shapes.sample(600, { seed = 2, open_color = 0.5 })
+    local count, n, same = {}, 0, 0
+    for i, s in ipairs(scenes) do
+      -- the caption is the recoloured scene's (two squares of one new colour are 'two squares')
+      assert.are.equal(shapes.caption(s, { open_color = shapes.parse(captions[i])[1].color == nil }), captions[i])
+      if shapes.parse(captions[i])[1].color == nil then
+        for _, o in ipairs(s.objects) do count[o.color], n = (count[o.color] or 0) + 1, n + 1 end
+      else
+        assert.are.same({ plain_captions[i], plain_scenes[i].objects }, { captions[i], s.objects })
+        same = same + 1
+      end
+    end
+    assert.is_true(same > 200 and n > 300, same .. ' ' .. n)
+    assert.is_nil(count.blue)
+    assert.is_nil(count.purple)
+    assert.is_true(math.abs(count.red / n - 0.6) < 0.07 and math.abs(count.orange / n - 0.2) < 0.06,
+                   ('red %d, orange %d of %d'):format(count.red, count.orange or 0, n))
+    assert.is_true((count.yellow or 0) > 0 and (count.green or 0) > 0)
+    -- objects of one colour and kind stay alike ('two stars' are two stars of one colour)
+    local _, caps, sc = shapes.sample(300, { seed = 3, open_color = 1, open_color_mix = { 1, 1, 1, 1, 1, 1 } })
+    for i, c in ipairs(caps) do
+      if c:match('^two ') and #sc[i].objects == 2 then assert.are.equal(sc[i].objects[1].color, sc[i].objects[2].color) end
+    end
+    assert.matches('open_color_mix must be 6 weights >= 0 %(red, orange, yellow, green, blue, purple%), not all 0',
+                   h.error_of(shapes.sample, 1, { open_color_mix = { 1, 2 } }))
+    assert.matches('open_color_mix must be 6 weights',
+                   h.error_of(shapes.sample, 1, { open_color_mix = { 0, 0, 0, 0, 0, 0 } }))
+  end)
 end)
 
 describe('shapes.caption and shapes.parse #binding', function()

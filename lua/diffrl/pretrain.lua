@@ -530,6 +530,10 @@ M.schema = {
     max_objects = int(3, 'at most this many shapes per image'),
     open_color = num(0, "probability that a caption leaves the colours open ('a circle'), so the model " ..
                         'also draws prompts that do not name a colour'),
+    open_color_mix = { type = 'list', of = 'number', optional = true,
+                       doc = 'weights of the 6 colours (red, orange, yellow, green, blue, purple) the objects of '
+                             .. 'those captions are drawn in; unset: uniform. A skewed mix makes a biased model '
+                             .. 'for the diversity reward to correct' },
   },
   tokenizer = {
     corpus = int(2000, 'captions the BPE merges are learned from'),

@@ -7,7 +7,8 @@
 --   src:state() / src:set_state(t)         -- the position: pair i is scene i of the stream
 --
 -- Options: seed, resolution (32), max_objects (3), open_color (0: the probability
--- that a caption leaves the colours open), offset (0: where the stream starts).
+-- that a caption leaves the colours open), open_color_mix (nil: the colour weights of
+-- those scenes, shapes.sample's), offset (0: where the stream starts).
 -- Pairs come from the 'train' split: held-out captions never appear.
 local api = require 'diffrl.core.ffi'
 local shapes = require 'diffrl.shapes'
@@ -18,7 +19,8 @@ local M = {}
 local Source = {}
 Source.__index = Source
 
-local OPTIONS = { seed = true, resolution = true, max_objects = true, open_color = true, offset = true }
+local OPTIONS = { seed = true, resolution = true, max_objects = true, open_color = true, open_color_mix = true,
+                  offset = true }
 
 local function integer(op, v, key, default, lo)
   if v == nil then return default end
@@ -37,6 +39,7 @@ function M.open(opts)
     resolution = integer(op, opts.resolution, 'resolution', 32, 8),
     max_objects = integer(op, opts.max_objects, 'max_objects', 3, 1),
     open_color = opts.open_color or 0,
+    open_color_mix = opts.open_color_mix,
     count = integer(op, opts.offset, 'offset', 0, 0),
   }, Source)
   if type(self.open_color) ~= 'number' or self.open_color < 0 or self.open_color > 1 then
@@ -44,6 +47,12 @@ function M.open(opts)
   end
   self.fingerprint = ('resolution=%d;max_objects=%d;open_color=%.17g'):format(self.resolution, self.max_objects,
                                                                                self.open_color)
+  if self.open_color_mix then
+    shapes.sample(1, { open_color = 1, open_color_mix = self.open_color_mix }) -- checks it
+    local w = {}
+    for i, x in ipairs(self.open_color_mix) do w[i] = ('%.17g'):format(x) end
+    self.fingerprint = self.fingerprint .. ';open_color_mix=' .. table.concat(w, ',')
+  end
   return self
 end
 
@@ -52,7 +61,8 @@ function Source:next(n)
     raise(('%s: next(n) needs an integer n >= 1, got %s'):format(self.op, tostring(n)))
   end
   local images, captions = shapes.sample(n, { seed = self.seed, offset = self.count, resolution = self.resolution,
-                                              max_objects = self.max_objects, open_color = self.open_color })
+                                              max_objects = self.max_objects, open_color = self.open_color,
+                                              open_color_mix = self.open_color_mix })
   self.count = self.count + n
   return images, captions
 end

@@ -25,6 +25,11 @@ local M = {}
 
 M.COLORS, M.KINDS, M.SIZES, M.RELATIONS = world.COLORS, world.KINDS, world.SIZES, world.RELATIONS
 M.SIZE_SCALE = world.SIZE_SCALE
+function M.color_names()
+  local out = {}
+  for i, c in ipairs(M.COLORS) do out[i] = c.name end
+  return out
+end
 M.caption = caption.caption
 M.parse = caption.parse
 M.render = render.render
@@ -59,11 +64,31 @@ function M.split_of(text, holdout)
   return prompts.holdout_unit(text, 0) < (holdout or DEFAULT_HOLDOUT) and 'test' or 'train'
 end
 
+-- Recolours a scene whose caption leaves the colours open: each of its colours becomes
+-- one drawn from `mix` (weights in M.COLORS' order), the same for objects that shared
+-- one, from a stream of (seed, index, attempt) of its own.
+local function recolour(s, mix, seed, index, attempt)
+  local rng, total, map = world.stream(seed, index, attempt, 0x0C0103), 0, {}
+  for _, w in ipairs(mix) do total = total + w end
+  for _, o in ipairs(s.objects) do
+    if not map[o.color] then
+      local u, acc = rng:uniform() * total, 0
+      for i, w in ipairs(mix) do
+        acc = acc + w
+        if u < acc or i == #mix then map[o.color] = M.COLORS[i].name; break end
+      end
+    end
+    o.color = map[o.color]
+  end
+end
+
 -- The scene and caption number `index` of stream `seed` within `split`: held-out
 -- draws are redrawn (attempt 1, 2, ...), so the result depends on (seed, index) alone.
-local function draw(op, seed, index, so, split, holdout, open_color)
+-- mix: colour weights for scenes whose caption leaves the colours open (nil: as drawn).
+local function draw(op, seed, index, so, split, holdout, open_color, mix)
   for attempt = 0, MAX_ATTEMPTS do
     local s = world.make_scene(seed, index, so, attempt)
+    if open_color and mix then recolour(s, mix, seed, index, attempt) end
     local text = caption.caption(s, { open_color = open_color })
     if split == 'all' or M.split_of(text, holdout) == split then return s, text end
   end
@@ -87,13 +112,16 @@ end
 
 local SAMPLE_OPTIONS = { seed = true, offset = true, resolution = true, max_objects = true, kinds = true,
                          colors = true, identical = true, split = true, holdout = true, open_color = true,
-                         supersample = true }
+                         open_color_mix = true, supersample = true }
 
 -- sample(n[, { seed = 0, offset = 0, resolution = 32, max_objects = 3, split = 'train',
 -- open_color = 0, ... }]) -> images [n, 3, R, R], captions, scenes. Item i (1-based)
 -- is scene index offset + i - 1, so calls with offset += n tile one stream.
 -- open_color: the probability that a caption leaves the colours open (a hash of
--- (seed, index) decides), so a model also learns 'a circle'.
+-- (seed, index) decides), so a model also learns 'a circle'. open_color_mix: weights
+-- of M.COLORS (in order) the objects of those scenes are coloured with instead (a
+-- skewed mix makes a biased model, as real captions that leave an attribute open are:
+-- what the diversity reward corrects); nil: the scene's own, uniform, colours.
 function M.sample(n, opts)
   local op = 'shapes.sample'
   opts = check_options(op, opts, SAMPLE_OPTIONS)
@@ -107,12 +135,25 @@ function M.sample(n, opts)
   if type(p_open) ~= 'number' or p_open < 0 or p_open > 1 then
     raise(('%s: open_color must be a boolean or a probability, got %s'):format(op, tostring(opts.open_color)))
   end
+  local mix = opts.open_color_mix
+  if mix ~= nil then
+    local ok = type(mix) == 'table' and #mix == #M.COLORS
+    local total = 0
+    for i = 1, ok and #mix or 0 do
+      ok = ok and type(mix[i]) == 'number' and mix[i] >= 0 and mix[i] < math.huge
+      total = total + (ok and mix[i] or 0)
+    end
+    if not ok or not (total > 0) then
+      raise(('%s: open_color_mix must be %d weights >= 0 (%s), not all 0'):format(op, #M.COLORS,
+        table.concat(M.color_names(), ', ')))
+    end
+  end
   local so = world.scene_options(op, opts)
   local scenes, captions = {}, {}
   for i = 1, n do
     local index = offset + i - 1
     local open = p_open > 0 and world.stream(seed, index, 0x0C0102):uniform() < p_open
-    scenes[i], captions[i] = draw(op, seed, index, so, split, holdout, open)
+    scenes[i], captions[i] = draw(op, seed, index, so, split, holdout, open, mix)
   end
   local images = render.render(scenes, { resolution = opts.resolution, supersample = opts.supersample })
   return images, captions, scenes
