@@ -19,7 +19,7 @@
 --
 -- Status (issue 7): on the paired held-out evaluation (docs/results.md: 32 prompts x
 -- 8 seeds) the default run raises composition (win rate 0.57 [0.52, 0.63] over the
--- base) and preference (0.63 [0.55, 0.70]), as does seed 2; spec/quickstart_proof_spec.lua
+-- base) and preference (0.63 [0.55, 0.70]), as do seeds 1, 2; spec/quickstart_proof_spec.lua
 -- checks the default run. Still open: diversity (SP 0.575 -> 0.522, CI across 0.5; no
 -- change in seed 2): the base draws colour-less prompts orange or not at all, leaving
 -- RL no colours to reinforce. What made the difference (configs/quickstart.lua): a
