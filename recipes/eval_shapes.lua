@@ -39,7 +39,7 @@ local function model_option(what)
 end
 
 local schema = dr.config.schema {
-  base = { type = 'string', default = root .. '/models/shapes-sharp', doc = 'the base model (a diffusers folder)' },
+  base = { type = 'string', default = root .. '/models/shapes-open', doc = 'the base model (a diffusers folder)' },
   composition = model_option('single-reward composition'),
   diversity = model_option('single-reward diversity'),
   preference = model_option('single-reward preference'),

@@ -1,8 +1,9 @@
 -- recipes/quickstart.lua — the embedded default: the paper's joint training
 -- (PAPER.md "joint training") on the shapes world, on 2 CPU cores in minutes.
 --
--- The model is models/shapes-sharp, a tiny Stable-Diffusion-shaped text-to-image
--- model pretrained on the shapes world (recipes/pretrain_shapes.lua). Three tasks
+-- The model is models/shapes-open, a tiny Stable-Diffusion-shaped text-to-image
+-- model pretrained on the shapes world (recipes/pretrain_shapes.lua; models/README.md),
+-- biased towards red for prompts that leave the colour open. Three tasks
 -- share one UNet, as the paper's three rewards do:
 --   composition  shapes_composition: the detector finds the objects the prompt
 --                names (Eq. 13): 'a red circle left of a blue square'
@@ -18,22 +19,23 @@
 -- before and its CI) and `diffrl report RUN_DIR` show both.
 --
 -- Status (issue 7): on the paired held-out evaluation (docs/results.md: 32 prompts x
--- 8 seeds) the default run raises composition (win rate 0.57 [0.52, 0.63] over the
--- base) and preference (0.63 [0.55, 0.70]), as do seeds 1, 2; spec/quickstart_proof_spec.lua
--- checks the default run. Still open: diversity (SP 0.575 -> 0.522, CI across 0.5; no
--- change in seed 2): the base draws colour-less prompts orange or not at all, leaving
--- RL no colours to reinforce. What made the difference (configs/quickstart.lua): a
--- base that draws recognisable shapes (shapes-sharp; on models/shapes-base composition
--- never rose); training only the attention layers (a task's 16-image policy gradient
--- is ~99% noise, which costs more than it gains when it moves every weight:
--- tools/pg_probe.lua); 48 composition images an iteration (its gradient carries the
--- least signal) and 70 iterations; one optimizer step per task on the mean loss of
--- the first 5 (noisiest) denoising steps; a new prompt stream every iteration;
--- advantages normalised within each prompt's 4 images.
+-- 8 seeds) the default run raises composition (win rate 0.65 [0.60, 0.72] over the
+-- base) and preference (0.68 [0.60, 0.74]); spec/quickstart_proof_spec.lua checks it.
+-- Still open: diversity in the joint run (SP 0.493 -> 0.415, 7 of 11 prompts better,
+-- CI across 0.5), where diversity trained alone is clear (0.82 [0.68, 0.95]).
+-- What made the difference (configs/quickstart.lua): a base that draws recognisable
+-- shapes and is biased, not blind, on colour-less prompts (shapes-open; on shapes-base
+-- composition never rose, on shapes-sharp diversity had no colour to reinforce);
+-- training only the attention layers (a task's 16-image policy gradient is ~99%
+-- noise, which costs more than it gains when it moves every weight:
+-- tools/pg_probe.lua); 48 composition images an iteration and 70 iterations; one
+-- optimizer step per task on the mean loss of the first 5 (noisiest) denoising steps;
+-- a new prompt stream every iteration; advantages normalised within each prompt's 4
+-- images.
 --
 --   diffrl run recipes/quickstart.lua                          # ~9 minutes on 2 cores
 --   diffrl run recipes/quickstart.lua train.iterations=10      # a shorter look
---   diffrl run recipes/quickstart.lua model.path=models/shapes-base   # the blurrier base
+--   diffrl run recipes/quickstart.lua model.path=models/shapes-sharp  # the colour-blind base
 --   diffrl run recipes/quickstart.lua --resume runs/quickstart-...   # after Ctrl-C
 --   diffrl report runs/quickstart-...                          # report.html
 local dr = require 'diffrl'
@@ -41,7 +43,7 @@ local shapes_tasks = require 'diffrl.rewards.shapes_tasks'
 
 local root = debug.getinfo(1, 'S').source:match('^@(.*)/recipes/[^/]*$') or '.'
 local defaults = dofile(root .. '/configs/quickstart.lua')
-defaults.model = defaults.model or { path = root .. '/models/shapes-sharp' }
+defaults.model = defaults.model or { path = root .. '/models/shapes-open' }
 
 -- the recipe's own settings, on top of the RL schema
 local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {

@@ -1,5 +1,5 @@
 -- The embedded default, recipes/quickstart.lua: joint RL on the shapes world's
--- three rewards with models/shapes-sharp: a shortened run writes what `diffrl
+-- three rewards with models/shapes-open: a shortened run writes what `diffrl
 -- report` shows and the end table; the RL loop moves models/shapes-base too
 -- (redness); bad settings are named. That the default run raises every reward:
 -- quickstart_proof_spec.lua.
