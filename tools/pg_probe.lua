@@ -14,8 +14,10 @@
 --     `all`: every parameter) and each alpha, the held-out reward change after one step
 --     theta -/+ alpha * m / sqrt(v) (Adam's direction with the batches' mean m and mean
 --     square v, only on the filtered parameters): "RL" is the policy-gradient step,
---     "anti" the opposite one. Scored on the task's held-out prompts, the same noise per
---     image (eval.seed = each of `seeds`), as the mean change and the paired win rate.
+--     "anti" the opposite one. Scored on the task's held-out prompts (16 of composition
+--     or preference, not the quickstart's 32; shapes.heldout=N changes it), the same
+--     noise per image (eval.seed = each of `seeds`), as the mean change and the paired
+--     win rate.
 -- A gradient with signal helps along RL and hurts along anti; steps that hurt both
 -- ways mean the step's noise costs more than its signal gains.
 local stats = require 'diffrl.stats'
@@ -57,6 +59,9 @@ for _, s in ipairs(settings) do batch = s:match('^sample%.batch_size=(%d+)$') or
 _G.arg = { 'model.path=' .. model, 'train.iterations=1', 'run.dir=' .. dir, 'train.warmup_steps=0',
            'train.lr=0', 'pretrain.weight=0', 'shapes.tasks=' .. opts.task,
            'train.trainable={}', -- every UNet weight (the quickstart's own default: attention only); `only` filters
+           -- 16 held-out prompts of composition / preference, whatever the quickstart's
+           -- shapes.heldout (docs/results.md's numbers); SETTINGS may change it
+           'shapes.heldout=16',
            ('shapes.batch_size.%s=%s'):format(opts.task, batch), unpack(settings) }
 -- one iteration at lr 0 builds the trainer (and scores the held-out prompts once)
 local _, tr = dofile(root .. '/recipes/quickstart.lua')
