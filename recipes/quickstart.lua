@@ -20,9 +20,10 @@
 --
 -- Status (issue 7): on the paired held-out evaluation (docs/results.md: 32 prompts x
 -- 8 seeds) the default run raises composition (win rate 0.65 [0.60, 0.72] over the
--- base) and preference (0.68 [0.60, 0.74]); spec/quickstart_proof_spec.lua checks it.
--- Still open: diversity in the joint run (SP 0.493 -> 0.415, 7 of 11 prompts better,
--- CI across 0.5), where diversity trained alone is clear (0.82 [0.68, 0.95]).
+-- base) and preference (0.68 [0.60, 0.74]), as does seed 1; spec/quickstart_proof_spec.lua
+-- checks it. Still open: diversity in the joint run (SP 0.493 -> 0.415, 7 of 11 prompts
+-- better, CI across 0.5; seed 1: +0.047), where diversity trained alone is clear (0.82
+-- [0.68, 0.95]).
 -- What made the difference (configs/quickstart.lua): a base that draws recognisable
 -- shapes and is biased, not blind, on colour-less prompts (shapes-open; on shapes-base
 -- composition never rose, on shapes-sharp diversity had no colour to reinforce);
