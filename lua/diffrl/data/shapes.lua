@@ -39,7 +39,7 @@ function M.open(opts)
     resolution = integer(op, opts.resolution, 'resolution', 32, 8),
     max_objects = integer(op, opts.max_objects, 'max_objects', 3, 1),
     open_color = opts.open_color or 0,
-    open_color_mix = opts.open_color_mix,
+    open_color_mix = shapes.check_open_color_mix(op, opts.open_color_mix),
     count = integer(op, opts.offset, 'offset', 0, 0),
   }, Source)
   if type(self.open_color) ~= 'number' or self.open_color < 0 or self.open_color > 1 then
@@ -48,7 +48,6 @@ function M.open(opts)
   self.fingerprint = ('resolution=%d;max_objects=%d;open_color=%.17g'):format(self.resolution, self.max_objects,
                                                                                self.open_color)
   if self.open_color_mix then
-    shapes.sample(1, { open_color = 1, open_color_mix = self.open_color_mix }) -- checks it
     local w = {}
     for i, x in ipairs(self.open_color_mix) do w[i] = ('%.17g'):format(x) end
     self.fingerprint = self.fingerprint .. ';open_color_mix=' .. table.concat(w, ',')

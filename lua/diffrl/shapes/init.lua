@@ -25,11 +25,6 @@ local M = {}
 
 M.COLORS, M.KINDS, M.SIZES, M.RELATIONS = world.COLORS, world.KINDS, world.SIZES, world.RELATIONS
 M.SIZE_SCALE = world.SIZE_SCALE
-function M.color_names()
-  local out = {}
-  for i, c in ipairs(M.COLORS) do out[i] = c.name end
-  return out
-end
 M.caption = caption.caption
 M.parse = caption.parse
 M.render = render.render
@@ -62,6 +57,22 @@ end
 -- Which split a caption is in: 'test' for a fraction `holdout` of all captions.
 function M.split_of(text, holdout)
   return prompts.holdout_unit(text, 0) < (holdout or DEFAULT_HOLDOUT) and 'test' or 'train'
+end
+
+-- check_open_color_mix(op, mix): raises unless mix is nil or one weight >= 0 per
+-- colour (M.COLORS' order), not all 0; returns mix.
+function M.check_open_color_mix(op, mix)
+  if mix == nil then return nil end
+  local ok, total = type(mix) == 'table' and #mix == #M.COLORS, 0
+  for i = 1, ok and #mix or 0 do
+    ok = ok and type(mix[i]) == 'number' and mix[i] >= 0 and mix[i] < math.huge
+    total = total + (ok and mix[i] or 0)
+  end
+  if not ok or not (total > 0) then
+    raise(('%s: open_color_mix must be %d weights >= 0 (%s), not all 0'):format(op, #M.COLORS,
+      table.concat(world.COLOR_NAMES, ', ')))
+  end
+  return mix
 end
 
 -- Recolours a scene whose caption leaves the colours open: each of its colours becomes
@@ -135,19 +146,7 @@ function M.sample(n, opts)
   if type(p_open) ~= 'number' or p_open < 0 or p_open > 1 then
     raise(('%s: open_color must be a boolean or a probability, got %s'):format(op, tostring(opts.open_color)))
   end
-  local mix = opts.open_color_mix
-  if mix ~= nil then
-    local ok = type(mix) == 'table' and #mix == #M.COLORS
-    local total = 0
-    for i = 1, ok and #mix or 0 do
-      ok = ok and type(mix[i]) == 'number' and mix[i] >= 0 and mix[i] < math.huge
-      total = total + (ok and mix[i] or 0)
-    end
-    if not ok or not (total > 0) then
-      raise(('%s: open_color_mix must be %d weights >= 0 (%s), not all 0'):format(op, #M.COLORS,
-        table.concat(M.color_names(), ', ')))
-    end
-  end
+  local mix = M.check_open_color_mix(op, opts.open_color_mix)
   local so = world.scene_options(op, opts)
   local scenes, captions = {}, {}
   for i = 1, n do

@@ -169,6 +169,7 @@ end
 
 local COLOR_NAMES = {}
 for i, c in ipairs(M.COLORS) do COLOR_NAMES[i] = c.name end
+M.COLOR_NAMES = COLOR_NAMES
 
 -- The options a scene depends on, checked, with defaults filled in.
 function M.scene_options(op, opts)
