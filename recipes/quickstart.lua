@@ -75,6 +75,14 @@ local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {
       preference = { type = 'integer', min = 1, optional = true,
                      doc = 'images of the preference task per iteration; unset: sample.batch_size' },
     },
+    weight = {
+      composition = { type = 'number', min = 0, optional = true,
+                      doc = "the composition task's loss weight in joint training; unset: 1" },
+      diversity = { type = 'number', min = 0, optional = true,
+                    doc = "the diversity task's loss weight in joint training; unset: 1" },
+      preference = { type = 'number', min = 0, optional = true,
+                     doc = "the preference task's loss weight in joint training; unset: 1" },
+    },
   },
 }))
 
@@ -84,7 +92,8 @@ local function make_tasks(cfg)
   local ok, tasks = pcall(shapes_tasks.make, { names = cfg.shapes.tasks, seed = cfg.run.seed,
                                                max_objects = cfg.shapes.max_objects, prompts = cfg.shapes.prompts,
                                                advantage = cfg.shapes.advantage, heldout = cfg.shapes.heldout,
-                                               batch_sizes = cfg.shapes.batch_size, credit = cfg.shapes.credit })
+                                               batch_sizes = cfg.shapes.batch_size, weights = cfg.shapes.weight,
+                                               credit = cfg.shapes.credit })
   if not ok then error('quickstart: shapes.tasks: ' .. tostring(tasks):gsub('^shapes tasks: ', ''), 0) end
   return tasks
 end

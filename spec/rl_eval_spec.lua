@@ -162,6 +162,24 @@ describe('rl trainer: held-out evaluation and groups', function()
     os.execute('rm -rf ' .. dir)
   end)
 
+  it("a task's weight scales its loss: weight 0 leaves the trained weights as they were", function()
+    local function trained(weight)
+      local dir = temp_dir()
+      local tr = dr.rl.trainer.new(cfg_for(dir, { train = { iterations = 1, weight_decay = 0 } }), { tasks = { {
+        name = 't', prompts = dr.prompts.list { 'p', 'q', shuffle = false }, reward = recording_reward({}),
+        images_per_prompt = 2, weight = weight } } })
+      local before = {}
+      for i, p in ipairs(tr.params) do before[i] = p:detach():clone() end
+      tr:train()
+      local moved = 0
+      for i, p in ipairs(tr.params) do moved = math.max(moved, (p:detach() - before[i]):abs():max():item()) end
+      os.execute('rm -rf ' .. dir)
+      return moved
+    end
+    assert.are.equal(0, trained(0))
+    assert.is_true(trained(1) > 0)
+  end)
+
   it("credit = 'leave_one_out': the reward judges every group again without each image", function()
     local dir, seen = temp_dir(), {}
     local record = recording_reward(seen)

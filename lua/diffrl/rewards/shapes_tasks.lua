@@ -79,6 +79,7 @@ end
 -- stream), advantage ('batch', 'group' or 'group_mean' for composition and
 -- preference), heldout (held-out prompts of composition and preference), batch_sizes
 -- ({ [task name] = images per iteration }; unset: the trainer's sample.batch_size),
+-- weights ({ [task name] = the loss weight in joint training, the trainer's task.weight }),
 -- credit (of the diversity task's group reward: 'group' or 'leave_one_out', the trainer's
 -- task.credit).
 function M.make(opts)
@@ -110,6 +111,7 @@ function M.make(opts)
     local t = build[name]()
     t.name, t.reward, t.heldout = name, M.reward(name), held[name]
     t.batch_size = opts.batch_sizes and opts.batch_sizes[name] or nil
+    t.weight = opts.weights and opts.weights[name] or nil
     tasks[#tasks + 1] = t
   end
   if #tasks == 0 then error('shapes tasks: no task named', 0) end
