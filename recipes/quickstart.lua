@@ -19,17 +19,19 @@
 -- before and its CI) and `diffrl report RUN_DIR` show both.
 --
 -- Status (issue 7): on the paired held-out evaluation (docs/results.md: 32 prompts x
--- 8 seeds) the default run raises composition (win rate 0.65 [0.60, 0.72] over the
--- base) and preference (0.68 [0.60, 0.74]), as does seed 1; spec/quickstart_proof_spec.lua
--- checks it. Still open: diversity in the joint run (SP 0.493 -> 0.415, 7 of 11 prompts
--- better, CI across 0.5; seed 1: +0.047), where diversity trained alone is clear (0.82
--- [0.68, 0.95]).
+-- 8 seeds) the default run raises composition (win rate 0.66 [0.59, 0.74] over the
+-- base), preference (0.71 [0.66, 0.76]) and diversity (statistical parity 0.493 ->
+-- 0.432, 0.73 [0.55, 0.91]; with 32 seeds a prompt -0.075 [-0.121, -0.029]);
+-- spec/quickstart_proof_spec.lua checks it. Other seeds vary: diversity's SP fell in
+-- seeds 1 and 2 too (CIs touching 0), composition and preference rose clearly in seed 1,
+-- not in seed 2.
 -- What made the difference (configs/quickstart.lua): a base that draws recognisable
 -- shapes and is biased, not blind, on colour-less prompts (shapes-open; on shapes-base
 -- composition never rose, on shapes-sharp diversity had no colour to reinforce);
 -- training only the attention layers (a task's 16-image policy gradient is ~99%
 -- noise, which costs more than it gains when it moves every weight:
--- tools/pg_probe.lua); 48 composition images an iteration and 70 iterations; one
+-- tools/pg_probe.lua); 48 composition images an iteration and 70 iterations;
+-- leave-one-out credit for diversity's group reward (shapes.credit); one
 -- optimizer step per task on the mean loss of the first 5 (noisiest) denoising steps;
 -- a new prompt stream every iteration; advantages normalised within each prompt's 4
 -- images.
