@@ -48,6 +48,15 @@ local root = debug.getinfo(1, 'S').source:match('^@(.*)/recipes/[^/]*$') or '.'
 local defaults = dofile(root .. '/configs/quickstart.lua')
 defaults.model = defaults.model or { path = root .. '/models/shapes-open' }
 
+-- one optional setting per task (shapes.batch_size.<task>, shapes.weight.<task>)
+local function per_task(type_, min, doc)
+  local t = {}
+  for _, name in ipairs(shapes_tasks.NAMES) do
+    t[name] = { type = type_, min = min, optional = true, doc = doc:format(name) }
+  end
+  return t
+end
+
 -- the recipe's own settings, on top of the RL schema
 local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {
   shapes = {
@@ -69,22 +78,8 @@ local schema = dr.config.schema(dr.config.merge(dr.rl.schema.spec, {
     heldout = { type = 'integer', default = 8, min = 1,
                 doc = 'held-out prompts of the composition and preference tasks (eval.seeds images each, else '
                       .. "images_per_prompt); diversity's are 11 fixed ones" },
-    batch_size = {
-      composition = { type = 'integer', min = 1, optional = true,
-                      doc = 'images of the composition task per iteration; unset: sample.batch_size' },
-      diversity = { type = 'integer', min = 1, optional = true,
-                    doc = 'images of the diversity task per iteration; unset: sample.batch_size' },
-      preference = { type = 'integer', min = 1, optional = true,
-                     doc = 'images of the preference task per iteration; unset: sample.batch_size' },
-    },
-    weight = {
-      composition = { type = 'number', min = 0, optional = true,
-                      doc = "the composition task's loss weight in joint training; unset: 1" },
-      diversity = { type = 'number', min = 0, optional = true,
-                    doc = "the diversity task's loss weight in joint training; unset: 1" },
-      preference = { type = 'number', min = 0, optional = true,
-                     doc = "the preference task's loss weight in joint training; unset: 1" },
-    },
+    batch_size = per_task('integer', 1, 'images of the %s task per iteration; unset: sample.batch_size'),
+    weight = per_task('number', 0, "the %s task's loss weight in joint training; unset: 1"),
   },
 }))
 
