@@ -163,7 +163,9 @@ describe('#mpi data-parallel RL', function()
 
   it('resumes a 2-rank run killed after a checkpoint to the uninterrupted run, bit for bit', function()
     local a, b = temp_dir(), temp_dir()
-    local extra = { 'sample.batch_size=2', 'train.iterations=5', 'checkpoint.every=2' }
+    -- 9 iterations: the kill lands after the step-2 checkpoint and well before step 8's
+    -- (with 5, a fast machine sometimes wrote step 4's checkpoint before the kill)
+    local extra = { 'sample.batch_size=2', 'train.iterations=9', 'checkpoint.every=2' }
     local r = run_on(2, { 'run.dir=' .. a, unpack(extra) })
     assert.are.equal(0, r.code, r.stderr)
 
@@ -174,7 +176,7 @@ describe('#mpi data-parallel RL', function()
       'for i in $(seq 1 600); do [ -d ' .. b .. '/checkpoints/step_000002 ] && break; sleep 0.05; done; ' ..
       'kill -9 $(ps -o pid= --ppid $pid | tail -1) 2>/dev/null; wait $pid; echo $?'):read('*a')
     assert.are_not.equal(0, tonumber(status:match('%d+')), 'the killed job must fail')
-    local interrupted = io.open(b .. '/checkpoints/step_000004/state.lua') == nil
+    local interrupted = io.open(b .. '/checkpoints/step_000008/state.lua') == nil
 
     local words2 = {}
     for i, w in ipairs(launch.command({ n = 2, file = RECIPE, rest = { '--resume', b }, mpi_args = sanitizer_args(), threads = 1 },
@@ -184,14 +186,14 @@ describe('#mpi data-parallel RL', function()
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
 
     local ma, mb = metrics(a), metrics(b)
-    assert.are.equal(5, #ma)
+    assert.are.equal(9, #ma)
     assert.are.equal(#ma, #mb)
     for i = 1, #ma do
       for key, v in pairs(ma[i]) do
         if not TIMING[key] then assert.are.equal(v, mb[i][key], ('iteration %d: %s'):format(i, key)) end
       end
     end
-    local pa, pb = params(a, 5), params(b, 5)
+    local pa, pb = params(a, 9), params(b, 9)
     for name, t in pairs(pa) do assert.are.equal(0, (t - pb[name]):abs():max():item(), name) end
     os.execute('rm -rf ' .. a .. ' ' .. b)
     assert.is_true(interrupted, 'the run finished before it was killed; the test proved less')
