@@ -1,14 +1,23 @@
-/* core/backend/cpu/cpu_vecmath.h: dr_vexpf8 (AVX2 + FMA intrinsics, used by the
- * attention kernels) gives the same bits as dr_vexpf compiled for the same CPU
- * level (what the DR_CPU_CLONES loops run), on every 61st float bit pattern (all
- * exponents, both signs, NaNs, infinities) and on the edges of its clamps. The
- * whole 2^32 range was compared once by hand (0 mismatches). On a CPU without
- * AVX2 + FMA, or a compiler without the intrinsics version, it says so and passes
- * nothing else. */
+/* The hand-written AVX2 + FMA loops of the CPU backend give the same bits as the
+ * compiler-vectorised code they stand in for:
+ * - dr_vexpf8 (core/backend/cpu/cpu_vecmath.h) against dr_vexpf compiled for the
+ *   same CPU level, on every 61st float bit pattern (all exponents, both signs,
+ *   NaNs, infinities) and on the edges of its clamps (the whole 2^32 range was
+ *   compared once by hand: 0 mismatches);
+ * - silu forward and backward on the same bit patterns, and attention forward and
+ *   backward on several shapes (odd sizes, masks, causal), through the public ops
+ *   with dr_cpu_intrinsics on and off (the clones' loops); NaN results match as
+ *   NaN (their sign bit may differ).
+ * On a CPU that is not x86-64-v3, or a compiler without the intrinsics, it says so
+ * and checks nothing else. */
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "check.h"
+#include "backend/cpu/cpu_internal.h"
 #include "backend/cpu/cpu_vecmath.h"
+
+static const dr_device CPU = {DR_CPU, 0};
 
 #ifdef DR_HAVE_VEXPF8
 __attribute__((target("avx2,fma"), noinline)) static void vexp8(const float *x, float *out) {
@@ -71,15 +80,128 @@ static void test_edges(void) {
     CHECK_NEAR(out[6], 0.367879441, 1e-7);
     CHECK_NEAR(out[7], 7.389056099, 1e-5);
 }
+
+/* Runs f with the intrinsics on and off; both results must be bit-identical. */
+typedef dr_status (*op_fn)(dr_tensor *const *in, dr_tensor **out, int nout, const void *ctx);
+
+/* Bit for bit, except that any two NaNs match: a NaN input's result is NaN in both,
+ * but its sign bit may differ (silu's backward negates x with a sign flip where the
+ * clones fold the minus sign into a constant). */
+static int same_or_nan(const float *a, const float *b) {
+    return memcmp(a, b, 4) == 0 || (isnan(*a) && isnan(*b));
+}
+
+static int same_bits(const dr_tensor *a, const dr_tensor *b) {
+    int64_t n = dr_tensor_numel(a);
+    if (n != dr_tensor_numel(b)) return 0;
+    const float *x = dr_tensor_data(a), *y = dr_tensor_data(b);
+    for (int64_t i = 0; i < n; i++)
+        if (!same_or_nan(x + i, y + i)) return 0;
+    return 1;
+}
+
+static void compare_on_off(const char *what, op_fn f, dr_tensor *const *in, int nout,
+                           const void *ctx) {
+    dr_tensor *on[4] = {NULL}, *off[4] = {NULL};
+    dr_cpu_intrinsics = 1;
+    int ok = CHECK_OK(f(in, on, nout, ctx));
+    dr_cpu_intrinsics = 0;
+    ok = CHECK_OK(f(in, off, nout, ctx)) && ok;
+    dr_cpu_intrinsics = 1;
+    for (int i = 0; ok && i < nout; i++)
+        if (!CHECK(same_bits(on[i], off[i]))) {
+            const float *a = dr_tensor_data(on[i]), *b = dr_tensor_data(off[i]);
+            const float *x = dr_tensor_data(in[0]);
+            int64_t j = 0, n = dr_tensor_numel(on[i]);
+            while (j < n && same_or_nan(a + j, b + j)) j++;
+            fprintf(stderr, "%s: output %d differs at %lld (input %a): %a, without the AVX2 "
+                    "loops %a\n", what, i, (long long)j, x[j % dr_tensor_numel(in[0])], a[j], b[j]);
+        }
+    for (int i = 0; i < nout; i++) {
+        dr_tensor_release(on[i]);
+        dr_tensor_release(off[i]);
+    }
+}
+
+static dr_status silu_both(dr_tensor *const *in, dr_tensor **out, int nout, const void *ctx) {
+    (void)nout, (void)ctx;
+    dr_status st = dr_silu(in[0], &out[0]);
+    if (st == DR_OK) st = dr_unary_backward(DR_UNARY_SILU, in[1], in[0], out[0], &out[1]);
+    return st;
+}
+
+/* silu on every 61st bit pattern, 2^20 at a time (odd lengths at the end: the
+ * tails take the clones' loops in both runs) */
+static void test_silu(void) {
+    const int64_t chunk = 1 << 20;
+    uint64_t u = 0;
+    while (u < (1ull << 32)) {
+        int64_t n = (int64_t)(((1ull << 32) - u + 60) / 61);
+        if (n > chunk) n = chunk;
+        dr_tensor *x = NULL, *g = NULL;
+        int64_t sz = n;
+        if (!CHECK_OK(dr_tensor_empty(&sz, 1, DR_F32, CPU, &x)) ||
+            !CHECK_OK(dr_tensor_empty(&sz, 1, DR_F32, CPU, &g)))
+            return;
+        float *xv = dr_tensor_data(x), *gv = dr_tensor_data(g);
+        for (int64_t i = 0; i < n; i++, u += 61) {
+            xv[i] = from_bits((uint32_t)u);
+            gv[i] = (float)((i % 7) - 3) * 0.37f;
+        }
+        dr_tensor *in[2] = {x, g};
+        compare_on_off("silu", silu_both, in, 2, NULL);
+        dr_tensor_release(x);
+        dr_tensor_release(g);
+    }
+}
+
+typedef struct att_case {
+    int64_t b, lq, lk, e;
+    int causal, masked;
+} att_case;
+
+static dr_status attention_both(dr_tensor *const *in, dr_tensor **out, int nout, const void *ctx) {
+    const att_case *c = ctx;
+    (void)nout;
+    dr_status st = dr_scaled_dot_product_attention(in[0], in[1], in[2], in[4], c->causal, 0,
+                                                   &out[0]);
+    if (st == DR_OK)
+        st = dr_scaled_dot_product_attention_backward(in[3], in[0], in[1], in[2], in[4],
+                                                      c->causal, 0, NULL, NULL, &out[1],
+                                                      &out[2], &out[3]);
+    return st;
+}
+
+static void test_attention(void) {
+    const att_case cases[] = {{2, 1024, 1024, 64, 0, 0}, {3, 77, 130, 40, 0, 1},
+                              {1, 300, 77, 24, 1, 0}, {2, 65, 200, 33, 0, 0},
+                              {1, 5, 7, 3, 1, 0},     {1, 513, 1000, 64, 0, 1}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const att_case *c = &cases[ci];
+        int64_t qs[3] = {c->b, c->lq, c->e}, ks[3] = {c->b, c->lk, c->e};
+        int64_t ms[2] = {c->lq, c->lk};
+        dr_tensor *t[5] = {NULL};
+        int ok = CHECK_OK(dr_randn(qs, 3, DR_F32, CPU, NULL, &t[0])) &&
+                 CHECK_OK(dr_randn(ks, 3, DR_F32, CPU, NULL, &t[1])) &&
+                 CHECK_OK(dr_randn(ks, 3, DR_F32, CPU, NULL, &t[2])) &&
+                 CHECK_OK(dr_randn(qs, 3, DR_F32, CPU, NULL, &t[3])) &&
+                 (!c->masked || CHECK_OK(dr_randn(ms, 2, DR_F32, CPU, NULL, &t[4])));
+        if (ok) compare_on_off("attention", attention_both, t, 4, c);
+        for (int i = 0; i < 5; i++) dr_tensor_release(t[i]);
+    }
+}
 #endif
 
 int main(void) {
 #ifdef DR_HAVE_VEXPF8
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (dr_cpu_use_v3()) {
         test_sampled_patterns();
         test_edges();
+        test_silu();
+        test_attention();
     } else {
-        fprintf(stderr, "test_vecmath: this CPU has no AVX2 + FMA: dr_vexpf8 is not used, not tested\n");
+        fprintf(stderr, "test_vecmath: this CPU is not x86-64-v3: the AVX2 loops are not used, "
+                        "not tested\n");
     }
 #else
     fprintf(stderr, "test_vecmath: dr_vexpf8 is not compiled on this compiler/target: not tested\n");

@@ -181,17 +181,15 @@ static void row_exp_any(float *restrict s, int64_t ld, int64_t rows, int64_t n,
 }
 
 #ifdef DR_HAVE_VEXPF8
-/* The same two loops on the x86-64-v3 CPUs (those that run the clones' v3 code):
- * dr_vexpf8 gives the same bits as the clones, and the column sums run in
- * registers, 4 blocks of 8 columns at a time, each in the same order (j = 0, 1,
- * ...) as above. About twice as fast as the clones' code, where exp is a quarter
- * of the attention forward's time. */
-__attribute__((target("avx2,fma"))) static void col_exp_sum_v3(float *s, int64_t ld, int64_t kn,
-                                                               int64_t n, const float *shift,
-                                                               float *sum) {
-    int64_t n8 = n / 8 * 8, i = 0;
-    for (; i < n8; i += 32) {
-        int nb = n8 - i >= 32 ? 4 : (int)((n8 - i) / 8);
+/* The same two loops on the x86-64-v3 CPUs (those that run the clones' v3 code),
+ * for widths that are multiples of 8 (the tiles' always are; others take the
+ * loops above): dr_vexpf8 gives the same bits as the clones, and the column sums
+ * run in registers, 4 blocks of 8 columns at a time, each in the same order (j =
+ * 0, 1, ...) as above. The exp was a quarter of the forward's time. */
+DR_V3_FN static void col_exp_sum_v3(float *s, int64_t ld, int64_t kn, int64_t n,
+                                    const float *shift, float *sum) {
+    for (int64_t i = 0; i < n; i += 32) {
+        int nb = n - i >= 32 ? 4 : (int)((n - i) / 8);
         __m256 acc[4], sh[4];
         for (int v = 0; v < nb; v++) {
             acc[v] = _mm256_setzero_ps();
@@ -207,39 +205,26 @@ __attribute__((target("avx2,fma"))) static void col_exp_sum_v3(float *s, int64_t
         }
         for (int v = 0; v < nb; v++) _mm256_storeu_ps(sum + i + 8 * v, acc[v]);
     }
-    if (n8 < n) { /* odd widths: the scalar loop, its columns only */
-        for (i = n8; i < n; i++) sum[i] = 0.0f;
-        for (int64_t j = 0; j < kn; j++)
-            for (i = n8; i < n; i++) {
-                float e = dr_vexpf(s[j * ld + i] - shift[i]);
-                s[j * ld + i] = e;
-                sum[i] += e;
-            }
-    }
 }
 
-__attribute__((target("avx2,fma"))) static void row_exp_v3(float *s, int64_t ld, int64_t rows,
-                                                           int64_t n, const float *shift) {
+DR_V3_FN static void row_exp_v3(float *s, int64_t ld, int64_t rows, int64_t n,
+                                const float *shift) {
     for (int64_t r = 0; r < rows; r++) {
         float *row = s + r * ld;
         __m256 sh = _mm256_set1_ps(shift[r]);
-        int64_t j = 0;
-        for (; j + 8 <= n; j += 8)
+        for (int64_t j = 0; j < n; j += 8)
             _mm256_storeu_ps(row + j, dr_vexpf8(_mm256_sub_ps(_mm256_loadu_ps(row + j), sh)));
-        for (; j < n; j++) row[j] = dr_vexpf(row[j] - shift[r]);
     }
 }
 
-static int have_v3(void) { return __builtin_cpu_supports("x86-64-v3"); }
-
 static void col_exp_sum(float *s, int64_t ld, int64_t kn, int64_t n, const float *shift,
                         float *sum) {
-    if (have_v3()) col_exp_sum_v3(s, ld, kn, n, shift, sum);
+    if (n % 8 == 0 && dr_cpu_use_v3()) col_exp_sum_v3(s, ld, kn, n, shift, sum);
     else col_exp_sum_any(s, ld, kn, n, shift, sum);
 }
 
 static void row_exp(float *s, int64_t ld, int64_t rows, int64_t n, const float *shift) {
-    if (have_v3()) row_exp_v3(s, ld, rows, n, shift);
+    if (n % 8 == 0 && dr_cpu_use_v3()) row_exp_v3(s, ld, rows, n, shift);
     else row_exp_any(s, ld, rows, n, shift);
 }
 #else

@@ -34,6 +34,20 @@ static inline void dr_iter_row(const dr_iter *it, int64_t row, int64_t *off) {
     }
 }
 
+/* The hand-written AVX2 + FMA loops (cpu_vecmath.h's dr_vexpf8: attention's
+ * softmax tiles, silu) run where the CPU is x86-64-v3 and this is 1 (the default);
+ * 0 sends them to the compiler-vectorised loops, which give the same bits
+ * (tests/test_vecmath.c compares the two). Set before any kernel runs. */
+extern int dr_cpu_intrinsics;
+
+static inline int dr_cpu_use_v3(void) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    return dr_cpu_intrinsics && __builtin_cpu_supports("x86-64-v3");
+#else
+    return 0;
+#endif
+}
+
 static inline char *dr_cpu_base(const dr_tensor *t) { return (char *)t->storage->data; }
 
 dr_status dr_cpu_adamw(dr_tensor *param, const dr_tensor *grad, dr_tensor *exp_avg,

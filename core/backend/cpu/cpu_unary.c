@@ -129,6 +129,58 @@ static void backward_chunk(dr_unary_op op, float *restrict o, const float *restr
     }
 }
 
+#ifdef DR_HAVE_VEXPF8
+/* silu forward and backward for the first n8 = n / 8 * 8 elements on x86-64-v3
+ * CPUs, with dr_vexpf8: the operations of the clones' v3 code above, in its order
+ * and with its one fused step (1 + exp(-x) as fma(p 2^k1, 2^k2, 1), as GCC
+ * contracts it there), so the same bits (tests/test_vecmath.c compares the two on
+ * every 61st float pattern; a NaN's sign bit may differ); silu runs 1.3x faster. */
+DR_V3_FN static void silu_forward_v3(float *o, const float *in, int64_t n8) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n8; i += 8) {
+        __m256 x = _mm256_loadu_ps(in + i), s2;
+        __m256 ps1 = dr_vexpf8_parts(_mm256_xor_ps(x, neg), &s2);
+        _mm256_storeu_ps(o + i, _mm256_div_ps(x, _mm256_fmadd_ps(ps1, s2, one)));
+    }
+}
+
+/* g (sg + (s sg) (1 - sg)), sg = 1 / (1 + exp(-s)): silu_grad(s, 1). */
+DR_V3_FN static void silu_backward_v3(float *o, const float *go, const float *sv, int64_t n8) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n8; i += 8) {
+        __m256 s = _mm256_loadu_ps(sv + i), s2;
+        __m256 ps1 = dr_vexpf8_parts(_mm256_xor_ps(s, neg), &s2);
+        __m256 sg = _mm256_div_ps(one, _mm256_fmadd_ps(ps1, s2, one));
+        __m256 d = _mm256_add_ps(sg, _mm256_mul_ps(_mm256_mul_ps(s, sg), _mm256_sub_ps(one, sg)));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_loadu_ps(go + i), d));
+    }
+}
+#endif
+
+/* forward_chunk / backward_chunk, or the v3 silu where the CPU runs it */
+static void forward_any(dr_unary_op op, float *o, const float *in, int64_t n, float p0, float p1) {
+#ifdef DR_HAVE_VEXPF8
+    if (op == DR_UNARY_SILU && dr_cpu_use_v3()) {
+        int64_t n8 = n / 8 * 8;
+        silu_forward_v3(o, in, n8);
+        o += n8, in += n8, n -= n8; /* the rest: the clones' code */
+    }
+#endif
+    if (n > 0) forward_chunk(op, o, in, n, p0, p1);
+}
+
+static void backward_any(dr_unary_op op, float *o, const float *go, const float *sv, int64_t n,
+                         float p0, float p1) {
+#ifdef DR_HAVE_VEXPF8
+    if (op == DR_UNARY_SILU && dr_cpu_use_v3()) {
+        int64_t n8 = n / 8 * 8;
+        silu_backward_v3(o, go, sv, n8);
+        o += n8, go += n8, sv += n8, n -= n8;
+    }
+#endif
+    if (n > 0) backward_chunk(op, o, go, sv, n, p0, p1);
+}
+
 /* Elements [j, j+len) of a strided row: the row itself when its stride is 1, else
  * a copy in buf. */
 static inline const float *gather(const float *base, int64_t off, int64_t stride, int64_t j,
@@ -156,8 +208,8 @@ static void run(dr_unary_op op, int32_t nops, const dr_tensor *const *ts, float 
         for (int64_t c = 0; c < nchunks; c++) {
             int64_t j = c * CHUNK, len = total - j < CHUNK ? total - j : CHUNK;
             float *po = o + it.base[0] + j;
-            if (nops == 2) forward_chunk(op, po, a + it.base[1] + j, len, p0, p1);
-            else backward_chunk(op, po, a + it.base[1] + j, b + it.base[2] + j, len, p0, p1);
+            if (nops == 2) forward_any(op, po, a + it.base[1] + j, len, p0, p1);
+            else backward_any(op, po, a + it.base[1] + j, b + it.base[2] + j, len, p0, p1);
         }
         return;
     }
@@ -170,8 +222,8 @@ static void run(dr_unary_op op, int32_t nops, const dr_tensor *const *ts, float 
             int64_t len = it.inner - j < CHUNK ? it.inner - j : CHUNK;
             const float *pa = gather(a, off[1], sa, j, len, bufa);
             float *po = so == 1 ? o + off[0] + j : bufo;
-            if (nops == 2) forward_chunk(op, po, pa, len, p0, p1);
-            else backward_chunk(op, po, pa, gather(b, off[2], sb, j, len, bufb), len, p0, p1);
+            if (nops == 2) forward_any(op, po, pa, len, p0, p1);
+            else backward_any(op, po, pa, gather(b, off[2], sb, j, len, bufb), len, p0, p1);
             if (so != 1)
                 for (int64_t i = 0; i < len; i++) o[off[0] + (j + i) * so] = bufo[i];
         }

@@ -74,7 +74,15 @@ static inline float dr_vexpf(float x) {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #include <immintrin.h>
 #define DR_HAVE_VEXPF8 1
-__attribute__((target("avx2,fma"), always_inline)) static inline __m256 dr_vexpf8(__m256 x) {
+/* For functions written with these intrinsics: AVX2 + FMA, and no FMA contraction
+ * (GCC would otherwise fuse a _mm256_mul_ps into a following _mm256_add_ps), so
+ * each intrinsic is one rounding, as written. */
+#define DR_V3_FN __attribute__((target("avx2,fma"), optimize("fp-contract=off")))
+/* exp(x) as the product (p 2^k1) 2^k2: returns the first factor and puts 2^k2 in
+ * *s2, for callers that fuse the last multiplication as GCC does (1 + exp(-x) in a
+ * sigmoid becomes fma(p 2^k1, 2^k2, 1) in the clones' code). */
+DR_V3_FN __attribute__((always_inline)) static inline __m256
+dr_vexpf8_parts(__m256 x, __m256 *s2) {
     x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x);
     x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
     const __m256 shifter = _mm256_set1_ps(12582912.0f);
@@ -93,8 +101,14 @@ __attribute__((target("avx2,fma"), always_inline)) static inline __m256 dr_vexpf
     __m256i k1 = _mm256_srai_epi32(k, 1), k2 = _mm256_sub_epi32(k, k1);
     const __m256i bias = _mm256_set1_epi32(127);
     __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
-    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
-    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    *s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
+    return _mm256_mul_ps(p, s1);
+}
+
+DR_V3_FN __attribute__((always_inline)) static inline __m256 dr_vexpf8(__m256 x) {
+    __m256 s2;
+    __m256 ps1 = dr_vexpf8_parts(x, &s2);
+    return _mm256_mul_ps(ps1, s2);
 }
 #endif
 
