@@ -4,8 +4,9 @@
  *   same CPU level, on every 61st float bit pattern (all exponents, both signs,
  *   NaNs, infinities) and on the edges of its clamps (the whole 2^32 range was
  *   compared once by hand: 0 mismatches);
- * - silu forward and backward on the same bit patterns, and attention forward and
- *   backward on several shapes (odd sizes, masks, causal), through the public ops
+ * - silu forward and backward on the same bit patterns, attention forward and
+ *   backward on several shapes (odd sizes, masks, causal), and softmax / log_softmax
+ *   over rows of several lengths (-inf and NaN entries), through the public ops
  *   with dr_cpu_intrinsics on and off (the clones' loops); NaN results match as
  *   NaN (their sign bit may differ).
  * On a CPU that is not x86-64-v3, or a compiler without the intrinsics, it says so
@@ -190,6 +191,35 @@ static void test_attention(void) {
         for (int i = 0; i < 5; i++) dr_tensor_release(t[i]);
     }
 }
+
+static dr_status softmaxes(dr_tensor *const *in, dr_tensor **out, int nout, const void *ctx) {
+    (void)nout, (void)ctx;
+    dr_status st = dr_softmax(in[0], -1, &out[0]);
+    if (st == DR_OK) st = dr_log_softmax(in[0], -1, &out[1]);
+    return st;
+}
+
+/* softmax and log_softmax over the last dim: rows of 77 (the tail block), 8 and
+ * 1024 (none), 3 (only the tail), 13; scales that push exps to 0; -inf and NaN
+ * entries; an odd row count (the last block of rows is short). */
+static void test_softmax(void) {
+    const int64_t shapes[][2] = {{3001, 77}, {5, 13}, {601, 8}, {4, 1024}, {7, 3}, {9, 77}};
+    const float scales[] = {1.0f, 30.0f, 3.0f, 1.0f, 1.0f, 1.0f};
+    for (size_t ci = 0; ci < sizeof shapes / sizeof shapes[0]; ci++) {
+        dr_tensor *x = NULL;
+        if (!CHECK_OK(dr_randn(shapes[ci], 2, DR_F32, CPU, NULL, &x))) return;
+        float *v = dr_tensor_data(x);
+        int64_t n = dr_tensor_numel(x);
+        for (int64_t i = 0; i < n; i++) v[i] *= scales[ci];
+        if (ci == 5) { /* row 0 masked but one, row 1 all -inf, row 2 with a NaN */
+            for (int64_t j = 1; j < 77; j++) v[j] = -INFINITY;
+            for (int64_t j = 0; j < 77; j++) v[77 + j] = -INFINITY;
+            v[2 * 77 + 40] = NAN;
+        }
+        compare_on_off("softmax", softmaxes, &x, 2, NULL);
+        dr_tensor_release(x);
+    }
+}
 #endif
 
 int main(void) {
@@ -199,6 +229,7 @@ int main(void) {
         test_edges();
         test_silu();
         test_attention();
+        test_softmax();
     } else {
         fprintf(stderr, "test_vecmath: this CPU is not x86-64-v3: the AVX2 loops are not used, "
                         "not tested\n");
