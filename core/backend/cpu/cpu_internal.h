@@ -34,8 +34,8 @@ static inline void dr_iter_row(const dr_iter *it, int64_t row, int64_t *off) {
     }
 }
 
-/* The hand-written AVX2 + FMA loops (cpu_vecmath.h's dr_vexpf8: attention's
- * softmax tiles, silu) run where the CPU is x86-64-v3 and this is 1 (the default);
+/* The hand-written AVX2 + FMA loops (with cpu_vecmath.h's dr_vexpf8: attention's
+ * softmax tiles, silu, softmax over the last dim) run where the CPU is x86-64-v3 and this is 1 (the default);
  * 0 sends them to the compiler-vectorised loops, which give the same bits
  * (tests/test_vecmath.c compares the two). Set before any kernel runs. */
 extern int dr_cpu_intrinsics;

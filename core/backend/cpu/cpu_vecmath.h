@@ -65,7 +65,7 @@ static inline float dr_vexpf(float x) {
 }
 
 /* dr_vexpf on 8 lanes, written with AVX2 + FMA intrinsics for the loops whose time
- * is mostly exp (attention's softmax tiles): the same operations in the same order
+ * is mostly exp (attention's softmax tiles, silu, softmax rows): the same operations in the same order
  * as GCC's vectorisation of dr_vexpf in a DR_CPU_CLONES function (its FMA
  * contractions included), so the same bits for every float (tests/test_vecmath.c
  * compares them), in fewer instructions: the clamps are one max and one min (which
