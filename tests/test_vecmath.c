@@ -3,7 +3,8 @@
  * - dr_vexpf8 (core/backend/cpu/cpu_vecmath.h) against dr_vexpf compiled for the
  *   same CPU level, on every 61st float bit pattern (all exponents, both signs,
  *   NaNs, infinities) and on the edges of its clamps (the whole 2^32 range was
- *   compared once by hand: 0 mismatches);
+ *   compared once by hand: 0 mismatches), in builds where the library's probes
+ *   found the two equal (optimised GCC); else its accuracy;
  * - silu forward and backward on the same bit patterns, attention forward and
  *   backward on several shapes (odd sizes, masks, causal), and softmax / log_softmax
  *   over rows of several lengths (-inf and NaN entries), through the public ops
@@ -45,15 +46,32 @@ static float from_bits(uint32_t u) {
     return f;
 }
 
+/* dr_vexpf8 equals dr_vexpf as this file's compiler built it, where the library's
+ * probe found its compiled loops equal to the intrinsics (an optimised GCC build);
+ * otherwise (a Debug build rounds the compiled loops differently) it is within
+ * 2 ulp of exp in double, as dr_vexpf is. */
 static void test_sampled_patterns(void) {
-    int64_t bad = 0, n = 0;
-    float x[8];
+    int identical = dr_cpu_attention_v3();
+    int64_t bad = 0, n = 0, far = 0;
+    float x[8], vec[8];
     for (uint64_t u = 0; u < (1ull << 32); u += 61 * 8) {
         for (int i = 0; i < 8; i++) x[i] = from_bits((uint32_t)(u + 61 * (uint64_t)i));
-        bad += compare8(x), n += 8;
+        if (identical) {
+            bad += compare8(x);
+        } else {
+            vexp8(x, vec);
+            for (int i = 0; i < 8; i++) {
+                if (!(x[i] > -87.0f && x[i] < 88.0f)) continue; /* normal results only */
+                double want = exp((double)x[i]);
+                far += fabs(vec[i] - want) > 2.5e-7 * want;
+            }
+        }
+        n += 8;
     }
-    fprintf(stderr, "dr_vexpf8 vs dr_vexpf: %lld floats, %lld differ\n", (long long)n, (long long)bad);
-    CHECK(bad == 0);
+    fprintf(stderr, "dr_vexpf8 on %lld floats: %s, %lld differ\n", (long long)n,
+            identical ? "bit for bit against dr_vexpf" : "within 2 ulp of exp",
+            (long long)(identical ? bad : far));
+    CHECK(bad == 0 && far == 0);
 }
 
 static void test_edges(void) {
@@ -64,10 +82,11 @@ static void test_edges(void) {
     int n = (int)(sizeof edges / sizeof edges[0]);
     float x[8];
     int bad = 0;
-    for (int i = 0; i < n; i += 8) {
-        for (int j = 0; j < 8; j++) x[j] = edges[(i + j) % n];
-        bad += compare8(x);
-    }
+    if (dr_cpu_attention_v3())
+        for (int i = 0; i < n; i += 8) {
+            for (int j = 0; j < 8; j++) x[j] = edges[(i + j) % n];
+            bad += compare8(x);
+        }
     CHECK(bad == 0);
     /* what the attention relies on: masked scores (-inf) give 0, NaN stays NaN */
     float v[8] = {-INFINITY, 0.0f, 1.0f, NAN, 89.0f, -104.0f, -1.0f, 2.0f}, out[8];
@@ -225,6 +244,13 @@ static void test_softmax(void) {
 int main(void) {
 #ifdef DR_HAVE_VEXPF8
     if (dr_cpu_use_v3()) {
+        fprintf(stderr, "hand-written AVX2 loops in use: attention %s, silu %s, softmax %s\n",
+                dr_cpu_attention_v3() ? "yes" : "no", dr_cpu_silu_v3() ? "yes" : "no",
+                dr_cpu_softmax_v3() ? "yes" : "no");
+        if (!dr_cpu_attention_v3() || !dr_cpu_silu_v3() || !dr_cpu_softmax_v3())
+            fprintf(stderr, "(where no: this build's compiled loops round differently, e.g. an "
+                            "unoptimised build without FMA contraction; the compiled loops run, "
+                            "and the comparisons below hold trivially for them)\n");
         test_sampled_patterns();
         test_edges();
         test_silu();

@@ -217,17 +217,40 @@ DR_V3_FN static void row_exp_v3(float *s, int64_t ld, int64_t rows, int64_t n,
     }
 }
 
+/* Both pairs on a 16 x 40 tile of fixed values (5 blocks of 8 columns). */
+static int attention_probe(void) {
+    enum { R = 16, C = 40 };
+    float a[R * C], b[R * C], shift[R > C ? R : C], sa[C], sb[C];
+    dr_cpu_probe_values(a, R * C);
+    dr_cpu_probe_values(shift, R > C ? R : C);
+    memcpy(b, a, sizeof a);
+    col_exp_sum_v3(a, C, R, C, shift, sa);
+    col_exp_sum_any(b, C, R, C, shift, sb);
+    int same = memcmp(a, b, sizeof a) == 0 && memcmp(sa, sb, sizeof sa) == 0;
+    dr_cpu_probe_values(a, R * C);
+    memcpy(b, a, sizeof a);
+    row_exp_v3(a, C, R, C, shift);
+    row_exp_any(b, C, R, C, shift);
+    return same && memcmp(a, b, sizeof a) == 0;
+}
+
+int dr_cpu_attention_v3(void) {
+    static int state;
+    return dr_cpu_use_v3() && dr_cpu_probe(&state, attention_probe);
+}
+
 static void col_exp_sum(float *s, int64_t ld, int64_t kn, int64_t n, const float *shift,
                         float *sum) {
-    if (n % 8 == 0 && dr_cpu_use_v3()) col_exp_sum_v3(s, ld, kn, n, shift, sum);
+    if (n % 8 == 0 && dr_cpu_attention_v3()) col_exp_sum_v3(s, ld, kn, n, shift, sum);
     else col_exp_sum_any(s, ld, kn, n, shift, sum);
 }
 
 static void row_exp(float *s, int64_t ld, int64_t rows, int64_t n, const float *shift) {
-    if (n % 8 == 0 && dr_cpu_use_v3()) row_exp_v3(s, ld, rows, n, shift);
+    if (n % 8 == 0 && dr_cpu_attention_v3()) row_exp_v3(s, ld, rows, n, shift);
     else row_exp_any(s, ld, rows, n, shift);
 }
 #else
+int dr_cpu_attention_v3(void) { return 0; }
 #define col_exp_sum col_exp_sum_any
 #define row_exp row_exp_any
 #endif

@@ -7,6 +7,7 @@
  * along the row stay contiguous. Each row's sums run in one fixed order, so
  * results do not depend on the thread count. */
 #include <math.h>
+#include <string.h>
 
 #include "cpu_internal.h"
 #include "cpu_vecmath.h"
@@ -221,6 +222,33 @@ DR_V3_FN static void rows_forward_v3(float *y, const float *x, int64_t n, int lo
 }
 #endif
 
+#ifdef DR_HAVE_VEXPF8
+/* rows_forward_v3 against row_forward on 4 rows of 77 and 3 of 16 fixed values,
+ * softmax and log_softmax. */
+static int softmax_probe(void) {
+    enum { N = 4 * 77 };
+    float x[N], a[N], b[N];
+    dr_cpu_probe_values(x, N);
+    int same = 1;
+    for (int log = 0; log < 2; log++) {
+        rows_forward_v3(a, x, 77, log, 4);
+        for (int r = 0; r < 4; r++) row_forward(b + r * 77, x + r * 77, 77, log);
+        same = same && memcmp(a, b, sizeof a) == 0;
+        rows_forward_v3(a, x, 16, log, 3);
+        for (int r = 0; r < 3; r++) row_forward(b + r * 16, x + r * 16, 16, log);
+        same = same && memcmp(a, b, 48 * sizeof(float)) == 0;
+    }
+    return same;
+}
+
+int dr_cpu_softmax_v3(void) {
+    static int state;
+    return dr_cpu_use_v3() && dr_cpu_probe(&state, softmax_probe);
+}
+#else
+int dr_cpu_softmax_v3(void) { return 0; }
+#endif
+
 /* ---- entry points ------------------------------------------------------------------- */
 
 /* Forward: o = y, a = x, c unused. Backward: o = dx, a = dy, c = y. */
@@ -229,7 +257,7 @@ static void run(float *o, const float *a, const float *c, geom g, int log, int b
     if (total == 0) return;
     if (g.inner == 1) {
 #ifdef DR_HAVE_VEXPF8
-        if (!back && dr_cpu_use_v3()) {
+        if (!back && dr_cpu_softmax_v3()) {
             int64_t blocks = (g.outer + ROWS_V3 - 1) / ROWS_V3;
 #pragma omp parallel for schedule(static) if (total > DR_CPU_PARALLEL_MIN)
             for (int64_t bi = 0; bi < blocks; bi++) {
