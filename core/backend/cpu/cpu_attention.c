@@ -236,7 +236,7 @@ static int attention_probe(void) {
 
 int dr_cpu_attention_v3(void) {
     static int state;
-    return dr_cpu_use_v3() && dr_cpu_probe(&state, attention_probe);
+    return dr_cpu_probe(&state, attention_probe);
 }
 
 static void col_exp_sum(float *s, int64_t ld, int64_t kn, int64_t n, const float *shift,

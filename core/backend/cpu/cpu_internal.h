@@ -52,9 +52,11 @@ static inline int dr_cpu_use_v3(void) {
 #endif
 }
 
-/* The probe's verdict, computed on first use (state: 0 not yet, 1 equal, 2 not). A
- * race only runs the deterministic probe twice. */
+/* Whether a family's hand-written loops run: dr_cpu_use_v3(), and the probe's
+ * verdict, computed on first use (state: 0 not yet, 1 equal, 2 not). A race only
+ * runs the deterministic probe twice. */
 static inline int dr_cpu_probe(int *state, int (*probe)(void)) {
+    if (!dr_cpu_use_v3()) return 0;
     int s = __atomic_load_n(state, __ATOMIC_ACQUIRE);
     if (s == 0) {
         s = probe() ? 1 : 2;
