@@ -60,6 +60,30 @@ static int64_t piece(int64_t d, int64_t parts) {
     return (t + 63) / 64 * 64;
 }
 
+/* Row and column tile extents for an m x n product: rows first (about TILES row
+ * tiles, then columns until there are about TILES tiles), unless fewer row tiles
+ * copy much less. Each tile's GEMM packs its rows of A and its columns of B, so
+ * pm x pn tiles pack k (pn m + pm n) floats: for 77 x 1024 that is 2 x 4 tiles of
+ * 64 and 13 rows packing B twice, against 1 x 8 tiles packing it once (and no
+ * 13-row tile). The choice depends on the shape alone. */
+static void choose_tiles(int64_t m, int64_t n, int64_t *tm_out, int64_t *tn_out) {
+    int64_t base_cost = 0, base_tiles = 0, best_cost = 0;
+    for (int64_t parts = TILES; parts >= 1; parts /= 2) {
+        int64_t tm = piece(m, parts), pm = (m + tm - 1) / tm;
+        int64_t tn = pm >= TILES ? n : piece(n, (TILES + pm - 1) / pm), pn = (n + tn - 1) / tn;
+        int64_t cost = pn * m + pm * n, tiles = pm * pn;
+        if (parts == TILES) {
+            base_cost = best_cost = cost;
+            base_tiles = tiles < TILES ? tiles : TILES;
+        } else if (tiles < base_tiles || 5 * cost >= 4 * base_cost || cost >= best_cost) {
+            continue; /* switch only for a clear saving (a fifth), as many parallel tiles */
+        }
+        best_cost = cost;
+        *tm_out = tm;
+        *tn_out = tn;
+    }
+}
+
 typedef struct tile_job {
     const gemm_operand *a, *b;
     float *o;
@@ -99,9 +123,9 @@ dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b) 
      * (OpenBLAS's OpenMP build runs serially inside a parallel region).
      * OpenBLAS's own threading, and any thread-dependent cut, changes the bits:
      * its kernels differ with the sizes they are given. The cost is repacking B
-     * once per row tile, measurable on one thread (bench/README.md). */
-    int64_t tm = piece(m, TILES), pm0 = (m + tm - 1) / tm;
-    int64_t tn = pm0 >= TILES ? n : piece(n, (TILES + pm0 - 1) / pm0);
+     * once per row tile and A once per column tile; choose_tiles keeps that small. */
+    int64_t tm, tn;
+    choose_tiles(m, n, &tm, &tn);
     /* OpenBLAS threads a product it gets outside an active parallel region once
      * m n k >= 2^18 (it asks omp_in_parallel()): inside our one-thread region that
      * made a nested team, i.e. new threads on every call, and bits that depend on
