@@ -93,6 +93,36 @@ dr_status dr_cpu_matmul(dr_tensor *out, const dr_tensor *a, const dr_tensor *b);
 dr_status dr_cpu_sum(dr_tensor *out, const dr_tensor *in, int32_t nreduce);
 dr_status dr_cpu_random(dr_tensor *out, dr_random_kind kind, uint64_t seed, uint64_t offset,
                         uint32_t uniform_bits);
+/* ---- GEMM with a fixed summation order (cpu_gemm.c) ---- */
+enum { DR_GEMM_MR = 6, DR_GEMM_NR = 16, DR_GEMM_KC = 256 };
+/* Rows a panel of B packed for depth k takes: k and one or two unused, so that
+ * panels never start a multiple of 4 KiB apart (they would share L1 sets, and the
+ * packing, which writes a row of every panel in turn, would thrash them). */
+static inline int64_t dr_gemm_b_rows(int64_t k) { return k + 1 + ((k + 1) % 64 == 0); }
+/* Where B[p][j] goes in B packed for depth k: panels of NR columns, each
+ * dr_gemm_b_rows(k) rows of NR floats; the last panel is padded with zeros to NR
+ * columns. A B of n columns takes ceil(n / NR) NR dr_gemm_b_rows(k) floats. */
+static inline int64_t dr_gemm_b_index(int64_t k, int64_t p, int64_t j) {
+    return ((j / DR_GEMM_NR) * dr_gemm_b_rows(k) + p) * DR_GEMM_NR + j % DR_GEMM_NR;
+}
+/* c[m x n] (row stride ldc) += A B (overwrite: = A B, c not read), A[i][p] =
+ * a[i rsa + p csa], B packed for depth k; the bits of each element of c do not
+ * depend on m, n or how a product is split into calls over m and n, nor on a split
+ * of k into calls at multiples of DR_GEMM_KC (the GEMM sums blocks of that depth,
+ * in order; cpu_gemm.c). */
+void dr_gemm_packed_b(int64_t m, int64_t n, int64_t k, const float *a, int64_t rsa, int64_t csa,
+                      const float *pb, float *c, int64_t ldc, bool overwrite);
+/* The same with A packed by dr_gemm_pack_a for `depth` columns; pa points at the
+ * first column used (packed + p0 DR_GEMM_MR for columns [p0, p0 + k)). */
+void dr_gemm_packed_ab(int64_t m, int64_t n, int64_t k, const float *pa, int64_t depth,
+                       const float *pb, float *c, int64_t ldc, bool overwrite);
+/* A[m x k] (A[i][p] = a[i rsa + p csa]) as columns [p0, p0 + k) of A packed for
+ * `depth` columns: panels of MR rows, each depth columns of MR floats (rows past m
+ * zero), ceil(m / MR) MR depth floats in all. */
+void dr_gemm_pack_a(float *dst, int64_t depth, int64_t p0, const float *a, int64_t rsa,
+                    int64_t csa, int64_t m, int64_t k);
+/* dst = B[k x n] (B[p][j] = b[p rsb + j csb]) packed for depth k. */
+void dr_gemm_pack_b(float *dst, const float *b, int64_t rsb, int64_t csb, int64_t k, int64_t n);
 /* ---- nn: convolution and resampling (cpu_conv.c, cpu_pool.c) ---- */
 dr_status dr_cpu_conv2d(dr_tensor *out, const dr_tensor *in, const dr_tensor *weight,
                         const dr_tensor *bias, const int64_t *stride, const int64_t *padding,
