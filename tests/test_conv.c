@@ -362,9 +362,18 @@ static void test_conv_backward_big(void) {
         {"tiles", 1, 64, 10, 9, 160, 3, 3, {1, 1}, {1, 1}, {1, 1}, 1, 0},
         {"tiles, groups 2", 2, 96, 9, 11, 64, 3, 3, {2, 1}, {1, 1}, {1, 2}, 2, 0},
         {"1x1 tiles", 2, 300, 6, 5, 200, 1, 1, {1, 1}, {0, 0}, {1, 1}, 1, 0},
+        /* cpu_gemm.c's path (128 output channels and K >= 128 a group), with five
+         * row bands (dX: even bands, then odd ones, added into shared rows) */
+        {"gemm, bands, dilation 2", 2, 16, 300, 4, 128, 3, 3, {1, 1}, {1, 1}, {2, 1}, 1, 1},
+        {"gemm, bands, stride 2", 1, 15, 300, 3, 130, 3, 3, {2, 1}, {1, 1}, {1, 1}, 1, 0},
+        {"gemm, groups 2", 2, 40, 9, 7, 262, 3, 3, {1, 1}, {1, 1}, {1, 1}, 2, 1},
+        {"gemm, 1x1", 3, 133, 5, 6, 140, 1, 1, {1, 1}, {0, 0}, {1, 1}, 1, 1},
+        /* the weight gradient sums several whole images in one chunk */
+        {"gemm, small images", 5, 16, 5, 4, 129, 3, 3, {1, 1}, {1, 1}, {1, 1}, 1, 1},
     };
-    for (int bi = 0; bi < 4; bi++) {
-        const conv_case *k = bi < 3 ? &big[bi] : &conv_cases[16]; /* 16: banded */
+    int nbig = (int)(sizeof big / sizeof big[0]);
+    for (int bi = 0; bi <= nbig; bi++) {
+        const conv_case *k = bi < nbig ? &big[bi] : &conv_cases[16]; /* 16: banded */
         int64_t xs[4] = {k->n, k->c, k->h, k->w}, ws[4] = {k->o, k->c / k->groups, k->kh, k->kw};
         int64_t os[4];
         out_shape(k, os);
@@ -396,8 +405,10 @@ static void test_conv_threads(void) {
     static const conv_case cases[] = {
         {"threads", 1, 64, 18, 18, 160, 3, 3, {1, 1}, {1, 1}, {1, 1}, 1, 1},
         {"threads", 2, 16, 22, 20, 32, 3, 3, {1, 1}, {1, 1}, {1, 1}, 2, 1},
+        {"threads", 2, 16, 300, 4, 128, 3, 3, {1, 1}, {1, 1}, {2, 1}, 1, 1},
+        {"threads", 5, 16, 5, 4, 129, 3, 3, {1, 1}, {1, 1}, {1, 1}, 1, 1},
     };
-    for (int bi = 0; bi < 2; bi++) {
+    for (int bi = 0; bi < (int)(sizeof cases / sizeof cases[0]); bi++) {
         conv_case k = cases[bi];
         int64_t xs[4] = {k.n, k.c, k.h, k.w}, ws[4] = {k.o, k.c / k.groups, 3, 3}, bs[1] = {k.o};
         int64_t os[4];

@@ -1,4 +1,6 @@
-/* conv2d kernels (float32, contiguous NCHW) by im2col + OpenBLAS sgemm.
+/* conv2d kernels (float32, contiguous NCHW) by im2col + GEMM: cpu_gemm.c's GEMM
+ * for convolutions with many channels (use_gemm below), OpenBLAS for the others
+ * (cpu_conv_blas.c, with its own determinism rules); shared pieces in cpu_conv.h.
  *
  * For image n and group g, with Cg = C/groups input and Og = O/groups output
  * channels and GEMM depth K = Cg kh kw:
@@ -6,138 +8,57 @@
  *   out[n, g Og : (g+1) Og] = W_g [Og, K] @ cols [K, Ho Wo] + bias
  *   dcols = W_g^T @ dY[n, g];  dX[n, g] = col2im(dcols): each input pixel sums the
  *           column entries it was copied to
- *   dW_g  = sum_n dY[n, g] @ cols_n^T, images and bands summed in order
+ *   dW_g  = sum_n dY[n, g] @ cols_n^T, in chunks of pixels summed in order
  *   db[o] = sum_{n, y, x} dY[n, o, y, x]  (in double)
- * A 1x1 kernel with stride 1 and no padding needs no columns: cols is the input.
+ * Here the columns are written straight into the GEMM's packed layout (B panels),
+ * a block of rows at a time, so they are copied once and stay in cache.
  *
- * Determinism: OpenBLAS gives different bits for the same product when it splits it
- * over a different number of threads. So the work is cut into units whose shapes
- * depend only on the problem (bands of output rows, tiles of channels), every unit
- * runs single-threaded BLAS (OpenBLAS's OpenMP build does inside a parallel region),
- * and threads only choose which units they run: results do not depend on the thread
- * count. Each unit has its own column buffer, a band of columns, so memory stays
- * bounded however large the image (a VAE decoder at 512x512 would need a gigabyte of
- * columns at once).
- *   forward:          unit = (image, group, band of output rows, tile of out channels)
- *   grad input:       unit = (image, group, tile of input channels), bands in order;
- *                     tiles own disjoint planes of dX, so col2im needs no atomics
+ * Determinism: the GEMM sums over its depth in blocks of a fixed size, in order,
+ * whatever part of the product a call computes, so an output's bits depend only on
+ * how the depth is cut into calls. The forward and the input gradient never cut it
+ * (the forward's blocks are the GEMM's own), so their work may be split any way;
+ * the weight gradient sums chunks of pixels whose bounds depend only on the shapes,
+ * and col2im adds bands in a fixed order. Results do not depend on the thread
+ * count. Each unit of work has its own buffer, so memory stays bounded however
+ * large the image.
+ *   forward:          unit = (image, group, band of output rows), all out channels
+ *   grad input:       unit = (image, group, band of output rows); even bands first,
+ *                     then odd ones, so two units never add into the same dX rows
  *   grad weight:      unit = (group, tile of input channels, tile of out channels),
- *                     images and bands summed in order */
+ *                     chunks summed in order */
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
-#include <cblas.h>
 
-#include "cpu_internal.h"
+#include "cpu_conv.h"
 
 enum {
-    FWD_BAND_COLS = 256,      /* output pixels per forward band (GEMM n) */
-    BUF_FLOATS = 1 << 20,     /* column buffer per unit of the backward passes */
-    FWD_BUF_FLOATS = 1 << 22, /* ... and the forward's, which holds all K rows */
-    ROWS_PER_TILE = 256,      /* K rows per input-channel tile */
-    MIN_MTILE = 128,          /* output channels per tile, at least */
-    MIN_UNITS = 4,            /* out-channel tiles are cut until there are this many units */
-    SERIAL_MACS = 1 << 16,    /* jobs this small run on the calling thread */
+    BAND_COLS = 256,          /* output pixels per band (the GEMM's n, or its depth) */
+    DCOLS_FLOATS = 1 << 22,   /* the input gradient's columns per unit, at most */
+    GEMM_MIN = 128,           /* own GEMM where out channels and K (a group's) reach this */
 };
 
-typedef struct conv_geom {
-    int64_t n, c, h, w, o, ho, wo;
-    int64_t kh, kw, sh, sw, ph, pw, dh, dw, groups;
-    int64_t cg, og, khw, k, hw, howo;
-    bool direct; /* 1x1, stride 1, no padding: the input is the column matrix */
-} conv_geom;
+/* Whether a convolution runs on cpu_gemm.c: a group with GEMM_MIN output channels
+ * and GEMM_MIN rows of columns (K) or more; the rest run on OpenBLAS
+ * (cpu_conv_blas.c), which is faster where packing would cost more than the
+ * products (the GEMM copies the columns once for every few hundred flops only
+ * when m and k are both large). Stable Diffusion's convolutions but conv_in and
+ * conv_out take the GEMM; the tiny test models' take OpenBLAS. */
+static bool use_gemm(const conv_geom *g) { return g->og >= GEMM_MIN && g->k >= GEMM_MIN; }
 
-/* A split of `total` into `count` parts of `size` (the last may be smaller). */
-typedef struct split {
-    int64_t size, count;
-} split;
-
-static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
-static split split_in(int64_t total, int64_t parts) {
+/* The output rows cut into bands of `rows` rows (at least one; the last band may
+ * be shorter). */
+static split row_bands(const conv_geom *g, int64_t rows) {
     split s;
-    parts = max64(1, min64(parts, total));
-    s.size = total > 0 ? ceil_div(total, parts) : 1;
-    s.count = total > 0 ? ceil_div(total, s.size) : 1;
+    s.size = max64(1, min64(rows, g->ho));
+    s.count = ceil_div(g->ho, s.size);
     return s;
-}
-
-static conv_geom make_geom(const int64_t *in_sizes, const int64_t *out_sizes, int64_t kh,
-                           int64_t kw, const int64_t *stride, const int64_t *padding,
-                           const int64_t *dilation, int64_t groups) {
-    conv_geom g;
-    g.n = in_sizes[0], g.c = in_sizes[1], g.h = in_sizes[2], g.w = in_sizes[3];
-    g.o = out_sizes[1], g.ho = out_sizes[2], g.wo = out_sizes[3];
-    g.kh = kh, g.kw = kw;
-    g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1];
-    g.dh = dilation[0], g.dw = dilation[1], g.groups = groups;
-    g.cg = g.c / groups, g.og = g.o / groups, g.khw = kh * kw, g.k = g.cg * g.khw;
-    g.hw = g.h * g.w, g.howo = g.ho * g.wo;
-    g.direct = kh == 1 && kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-    return g;
-}
-
-/* Bands of about `band_rows` output rows whose columns (`rows` of them each) fit
- * `budget` floats (a direct convolution reads its columns in place). */
-static split row_bands(const conv_geom *g, int64_t rows, int64_t band_rows, int64_t budget) {
-    if (!g->direct) band_rows = min64(band_rows, budget / max64(1, rows * g->wo));
-    band_rows = max64(1, band_rows);
-    return split_in(g->ho, ceil_div(g->ho, band_rows));
-}
-
-/* Tiles of input channels of about ROWS_PER_TILE K rows each. */
-static split channel_tiles(const conv_geom *g) {
-    return split_in(g->cg, g->k / ROWS_PER_TILE);
-}
-
-/* Tiles of output channels: more only while there are fewer than MIN_UNITS units. */
-static split out_tiles(const conv_geom *g, int64_t other_units) {
-    return split_in(g->og, min64(ceil_div(g->og, MIN_MTILE), ceil_div(MIN_UNITS, other_units)));
-}
-
-/* Output columns x in [lo, hi) read input column x sw + x0 inside [0, w). */
-static void valid_cols(const conv_geom *g, int64_t x0, int64_t *lo, int64_t *hi) {
-    int64_t l = x0 >= 0 ? 0 : ceil_div(-x0, g->sw);
-    int64_t h = g->w - x0 <= 0 ? 0 : ceil_div(g->w - x0, g->sw);
-    l = min64(l, g->wo);
-    h = min64(h, g->wo);
-    *lo = l;
-    *hi = max64(h, l);
-}
-
-/* cols [(c1 - c0) kh kw, (y1 - y0) Wo]: input channels [c0, c1) of x [Cg, H, W] for
- * output rows [y0, y1). */
-static void im2col(const conv_geom *g, const float *x, float *cols, int64_t c0, int64_t c1,
-                   int64_t y0, int64_t y1) {
-    int64_t ncols = (y1 - y0) * g->wo;
-    for (int64_t r = 0; r < (c1 - c0) * g->khw; r++) {
-        int64_t c = c0 + r / g->khw, i = r / g->kw % g->kh, j = r % g->kw;
-        int64_t x0 = j * g->dw - g->pw, lo, hi;
-        valid_cols(g, x0, &lo, &hi);
-        const float *xc = x + c * g->hw;
-        float *row = cols + r * ncols;
-        for (int64_t y = y0; y < y1; y++) {
-            float *d = row + (y - y0) * g->wo;
-            int64_t iy = y * g->sh - g->ph + i * g->dh;
-            if (iy < 0 || iy >= g->h) {
-                memset(d, 0, (size_t)g->wo * sizeof(float));
-                continue;
-            }
-            const float *s = xc + iy * g->w; /* s[x0 + ox sw], in range for ox in [lo, hi) */
-            for (int64_t ox = 0; ox < lo; ox++) d[ox] = 0;
-            if (g->sw == 1) memcpy(d + lo, s + x0 + lo, (size_t)(hi - lo) * sizeof(float));
-            else for (int64_t ox = lo; ox < hi; ox++) d[ox] = s[x0 + ox * g->sw];
-            for (int64_t ox = hi; ox < g->wo; ox++) d[ox] = 0;
-        }
-    }
 }
 
 /* dx [Cg, H, W] += col2im(cols) for input channels [c0, c1) and output rows [y0, y1),
  * rows (c, i, j) added in order. */
-static void col2im(const conv_geom *g, const float *cols, float *dx, int64_t c0, int64_t c1,
-                   int64_t y0, int64_t y1) {
+void dr_conv_col2im(const conv_geom *g, const float *cols, float *dx, int64_t c0, int64_t c1,
+                    int64_t y0, int64_t y1) {
     int64_t ncols = (y1 - y0) * g->wo;
     for (int64_t r = 0; r < (c1 - c0) * g->khw; r++) {
         int64_t c = c0 + r / g->khw, i = r / g->kw % g->kh, j = r % g->kw;
@@ -155,23 +76,7 @@ static void col2im(const conv_geom *g, const float *cols, float *dx, int64_t c0,
     }
 }
 
-static inline void sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n,
-                         int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
-                         float beta, float *c, int64_t ldc) {
-    cblas_sgemm(CblasRowMajor, ta, tb, (blasint)m, (blasint)n, (blasint)k, 1.0f, a,
-                (blasint)lda, b, (blasint)ldb, beta, c, (blasint)ldc);
-}
-
 /* ---- running units ------------------------------------------------------------------ */
-
-typedef struct conv_job {
-    conv_geom g;
-    split bands, ctiles, mtiles;
-    const float *x, *w, *b, *dy;
-    float *y, *dx, *dw;
-} conv_job;
-
-typedef void (*unit_fn)(const conv_job *job, int64_t unit, float *cols);
 
 /* Runs fn(job, u, cols) for every unit u, with `buf_floats` of private columns per
  * thread that runs any. The team always has every thread, idle or not: inside an
@@ -180,9 +85,9 @@ typedef void (*unit_fn)(const conv_job *job, int64_t unit, float *cols);
  * one thread anyway (its SMP threshold), does it run here without waking the pool.
  * The buffers come from the CPU block cache, so a training step does not page-fault
  * them in afresh. */
-static dr_status run_units(const conv_job *job, int64_t units, unit_fn fn, int64_t buf_floats,
-                           int64_t macs, const char *op) {
-    int nt = macs <= SERIAL_MACS ? 1 : omp_get_max_threads();
+dr_status dr_conv_run_units(const conv_job *job, int64_t units, conv_unit_fn fn,
+                            int64_t buf_floats, int64_t macs, const char *op) {
+    int nt = macs <= CONV_SERIAL_MACS ? 1 : omp_get_max_threads();
     int64_t nbuf = nt < units ? nt : units;
     size_t per = (size_t)buf_floats, nbytes = (size_t)nbuf * per * sizeof(float);
     void *mem = NULL;
@@ -214,33 +119,66 @@ static dr_status run_units(const conv_job *job, int64_t units, unit_fn fn, int64
 
 /* ---- forward ------------------------------------------------------------------------ */
 
+/* Rows [r0, r1) of the columns (r = (c, i, j), c an input channel of x [Cg, H, W])
+ * for output rows [y0, y1), packed for dr_gemm_packed_b with depth k = r1 - r0:
+ * B[r - r0][(y - y0) Wo + x] at dr_gemm_b_index(k, ., .), the last panel's padding
+ * zeroed. */
+static void im2col_panels(const conv_geom *g, const float *x, float *cols, int64_t r0,
+                          int64_t r1, int64_t y0, int64_t y1) {
+    int64_t ncols = (y1 - y0) * g->wo, k = r1 - r0, nr = DR_GEMM_NR;
+    int64_t padded = (ncols + nr - 1) / nr * nr;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t c = r / g->khw, i = r / g->kw % g->kh, j = r % g->kw;
+        int64_t x0 = j * g->dw - g->pw, lo, hi;
+        valid_cols(g, x0, &lo, &hi);
+        const float *xc = x + c * g->hw;
+        for (int64_t y = y0; y < y1; y++) {
+            int64_t iy = y * g->sh - g->ph + i * g->dh;
+            bool inside = iy >= 0 && iy < g->h;
+            const float *s = xc + (inside ? iy : 0) * g->w; /* s[x0 + ox sw] */
+            for (int64_t ox = 0; ox < g->wo;) {
+                int64_t p = (y - y0) * g->wo + ox, lane = p % nr;
+                int64_t end = min64(ox + nr - lane, g->wo);
+                /* this run: output columns [ox, end), one row of a panel; inside
+                 * [a, b) they read the input, outside it they are padding */
+                float *d = cols + dr_gemm_b_index(k, r - r0, p); /* d[t - ox] */
+                int64_t a = inside ? max64(ox, min64(lo, end)) : end;
+                int64_t b = inside ? max64(a, min64(hi, end)) : end;
+                for (int64_t t = ox; t < a; t++) d[t - ox] = 0;
+                if (g->sw == 1 && b - a == DR_GEMM_NR) /* a whole panel row: inlined */
+                    memcpy(d, s + x0 + a, DR_GEMM_NR * sizeof(float));
+                else if (g->sw == 1) for (int64_t t = a; t < b; t++) d[t - ox] = s[x0 + t];
+                else for (int64_t t = a; t < b; t++) d[t - ox] = s[x0 + t * g->sw];
+                for (int64_t t = b; t < end; t++) d[t - ox] = 0;
+                ox = end;
+            }
+        }
+        for (int64_t p = ncols; p < padded; p++) cols[dr_gemm_b_index(k, r - r0, p)] = 0;
+    }
+}
+
+/* Unit = (image, group, band of output rows): its columns, then all the group's
+ * output channels by dr_gemm_packed_b, whose bits do not depend on the band. */
 static void forward_unit(const conv_job *job, int64_t u, float *cols) {
     const conv_geom *g = &job->g;
-    int64_t mi = u % job->mtiles.count, rest = u / job->mtiles.count;
-    int64_t band = rest % job->bands.count, item = rest / job->bands.count;
+    int64_t band = u % job->bands.count, item = u / job->bands.count;
     int64_t n = item / g->groups, gi = item % g->groups;
     int64_t y0 = band * job->bands.size, y1 = min64(y0 + job->bands.size, g->ho);
-    int64_t m0 = mi * job->mtiles.size, m1 = min64(m0 + job->mtiles.size, g->og);
     int64_t ncols = (y1 - y0) * g->wo;
     const float *xg = job->x + (n * g->c + gi * g->cg) * g->hw;
-    float *yt = job->y + (n * g->o + gi * g->og + m0) * g->howo + y0 * g->wo;
-    float beta = 0;
-    if (job->b) {
-        for (int64_t oc = m0; oc < m1; oc++) {
-            float v = job->b[gi * g->og + oc], *row = yt + (oc - m0) * g->howo;
-            for (int64_t p = 0; p < ncols; p++) row[p] = v;
-        }
-        beta = 1;
+    float *yt = job->y + (n * g->o + gi * g->og) * g->howo + y0 * g->wo;
+    for (int64_t oc = 0; oc < g->og; oc++) {
+        float v = job->b ? job->b[gi * g->og + oc] : 0.0f, *row = yt + oc * g->howo;
+        for (int64_t p = 0; p < ncols; p++) row[p] = v;
     }
-    const float *src = xg + y0 * g->wo;
-    int64_t ld = g->hw;
-    if (!g->direct) {
-        im2col(g, xg, cols, 0, g->cg, y0, y1);
-        src = cols;
-        ld = ncols;
+    /* a block of DR_GEMM_KC rows of columns at a time (it stays in L2), the blocks
+     * the GEMM would cut itself: the same sums */
+    const float *wg = job->w + gi * g->og * g->k;
+    for (int64_t r0 = 0; r0 < g->k; r0 += DR_GEMM_KC) {
+        int64_t r1 = min64(r0 + DR_GEMM_KC, g->k);
+        im2col_panels(g, xg, cols, r0, r1, y0, y1);
+        dr_gemm_packed_b(g->og, ncols, r1 - r0, wg + r0, g->k, 1, cols, yt, g->howo, false);
     }
-    sgemm(CblasNoTrans, CblasNoTrans, m1 - m0, ncols, g->k, job->w + (gi * g->og + m0) * g->k,
-          g->k, src, ld, beta, yt, g->howo);
 }
 
 dr_status dr_cpu_conv2d(dr_tensor *out, const dr_tensor *in, const dr_tensor *weight,
@@ -251,42 +189,55 @@ dr_status dr_cpu_conv2d(dr_tensor *out, const dr_tensor *in, const dr_tensor *we
     *g = make_geom(in->sizes, out->sizes, weight->sizes[2], weight->sizes[3], stride, padding,
                    dilation, groups);
     if (g->n == 0 || g->o == 0 || g->howo == 0) return DR_OK;
-    int64_t items = g->n * g->groups;
-    job.bands = row_bands(g, g->k, ceil_div(FWD_BAND_COLS, g->wo), FWD_BUF_FLOATS);
-    job.mtiles = out_tiles(g, items * job.bands.count);
     job.x = dr_tensor_data(in);
     job.w = dr_tensor_data(weight);
     job.b = bias ? dr_tensor_data(bias) : NULL;
     job.y = dr_tensor_data(out);
-    int64_t units = items * job.bands.count * job.mtiles.count;
-    int64_t buf = g->direct ? 0 : g->k * job.bands.size * g->wo;
-    return run_units(&job, units, forward_unit, buf, g->n * g->o * g->howo * g->k, "conv2d");
+    if (!use_gemm(g)) return dr_conv_blas_forward(&job);
+    int64_t items = g->n * g->groups, nt = omp_get_max_threads();
+    /* bands of about BAND_COLS output pixels, halved (down to one row or 64
+     * pixels) while there are fewer than two units a thread: the bits do not
+     * depend on the bands, so the cut may follow the thread count */
+    int64_t band_rows = ceil_div(BAND_COLS, g->wo);
+    while (items * ceil_div(g->ho, band_rows) < 2 * nt && band_rows > 1 &&
+           (band_rows / 2) * g->wo >= 64)
+        band_rows /= 2;
+    job.bands = row_bands(g, band_rows);
+    int64_t units = items * job.bands.count;
+    int64_t buf = dr_gemm_b_rows(min64(g->k, DR_GEMM_KC) + 1) *
+                  ceil_div(job.bands.size * g->wo, DR_GEMM_NR) * DR_GEMM_NR;
+    return dr_conv_run_units(&job, units, forward_unit, buf, g->n * g->o * g->howo * g->k,
+                             "conv2d");
 }
 
 /* ---- backward: input ---------------------------------------------------------------- */
 
-static void input_unit(const conv_job *job, int64_t u, float *cols) {
+/* Unit = (image, group, band of output rows): dcols = W_g^T dY for the band, all
+ * K rows, by dr_gemm_packed_b over blocks of DR_GEMM_KC output channels (dY's
+ * rows, packed), then col2im adds dcols into dX. Bands next to each other touch
+ * the same input rows, so the even bands run first, then the odd ones (bands are
+ * tall enough that bands two apart never meet): every dX element gets its sums
+ * in an order fixed by the shapes. A direct convolution writes dX in place. */
+static void input_unit(const conv_job *job, int64_t u, float *buf) {
     const conv_geom *g = &job->g;
-    int64_t ci = u % job->ctiles.count, item = u / job->ctiles.count;
+    int64_t per_item = g->direct ? job->bands.count : (job->bands.count - job->phase + 1) / 2;
+    int64_t j = u % per_item, item = u / per_item;
+    int64_t band = g->direct ? j : job->phase + 2 * j;
     int64_t n = item / g->groups, gi = item % g->groups;
-    int64_t c0 = ci * job->ctiles.size, c1 = min64(c0 + job->ctiles.size, g->cg);
-    int64_t rows = (c1 - c0) * g->khw;
-    const float *dyg = job->dy + (n * g->o + gi * g->og) * g->howo;
-    const float *wt = job->w + gi * g->og * g->k + c0 * g->khw; /* W_g^T rows [c0, c1) */
+    int64_t y0 = band * job->bands.size, y1 = min64(y0 + job->bands.size, g->ho);
+    int64_t ncols = (y1 - y0) * g->wo;
+    const float *dyg = job->dy + (n * g->o + gi * g->og) * g->howo + y0 * g->wo;
     float *dxg = job->dx + (n * g->c + gi * g->cg) * g->hw;
-    if (g->direct) {
-        sgemm(CblasTrans, CblasNoTrans, rows, g->howo, g->og, wt, g->k, dyg, g->howo, 0,
-              dxg + c0 * g->hw, g->hw);
-        return;
+    float *packed = buf, *c = dxg + y0 * g->wo;
+    int64_t ldc = g->hw;
+    if (!g->direct) {
+        c = buf + dr_gemm_b_rows(g->og) * ceil_div(ncols, DR_GEMM_NR) * DR_GEMM_NR;
+        ldc = ncols;
     }
-    memset(dxg + c0 * g->hw, 0, (size_t)((c1 - c0) * g->hw) * sizeof(float));
-    for (int64_t band = 0; band < job->bands.count; band++) {
-        int64_t y0 = band * job->bands.size, y1 = min64(y0 + job->bands.size, g->ho);
-        int64_t ncols = (y1 - y0) * g->wo;
-        sgemm(CblasTrans, CblasNoTrans, rows, ncols, g->og, wt, g->k, dyg + y0 * g->wo, g->howo,
-              0, cols, ncols);
-        col2im(g, cols, dxg, c0, c1, y0, y1);
-    }
+    dr_gemm_pack_b(packed, dyg, g->howo, 1, g->og, ncols);
+    dr_gemm_packed_ab(g->k, ncols, g->og, job->pa + gi * job->pa_group, g->og, packed, c, ldc,
+                      true);
+    if (!g->direct) dr_conv_col2im(g, c, dxg, 0, g->cg, y0, y1);
 }
 
 dr_status dr_cpu_conv2d_backward_input(dr_tensor *grad_in, const dr_tensor *grad_out,
@@ -298,49 +249,121 @@ dr_status dr_cpu_conv2d_backward_input(dr_tensor *grad_in, const dr_tensor *grad
     *g = make_geom(grad_in->sizes, grad_out->sizes, weight->sizes[2], weight->sizes[3], stride,
                    padding, dilation, groups);
     if (g->n == 0 || g->c == 0 || g->hw == 0) return DR_OK;
+    float *dx = dr_tensor_data(grad_in);
     if (g->o == 0 || g->howo == 0) { /* no output: nothing flows back */
-        memset(dr_tensor_data(grad_in), 0, (size_t)(g->n * g->c * g->hw) * sizeof(float));
+        memset(dx, 0, (size_t)(g->n * g->c * g->hw) * sizeof(float));
         return DR_OK;
     }
-    job.ctiles = channel_tiles(g);
-    int64_t rows = job.ctiles.size * g->khw;
-    job.bands = row_bands(g, rows, g->ho, BUF_FLOATS);
     job.dy = dr_tensor_data(grad_out);
     job.w = dr_tensor_data(weight);
-    job.dx = dr_tensor_data(grad_in);
-    int64_t buf = g->direct ? 0 : rows * job.bands.size * g->wo;
-    return run_units(&job, g->n * g->groups * job.ctiles.count, input_unit, buf,
-                     g->n * g->o * g->howo * g->k, "conv2d");
+    job.dx = dx;
+    if (!use_gemm(g)) return dr_conv_blas_backward_input(&job);
+    if (!g->direct) /* col2im adds into it */
+        memset(dx, 0, (size_t)(g->n * g->c * g->hw) * sizeof(float));
+    /* bands of about BAND_COLS pixels whose dcols fit DCOLS_FLOATS, at least
+     * tall enough that bands two apart touch disjoint input rows:
+     * (kh - 1) dh < (rows + 1) sh; the cut depends on the shapes alone */
+    int64_t band_rows = ceil_div(BAND_COLS, g->wo);
+    band_rows = min64(band_rows, DCOLS_FLOATS / max64(1, g->k * g->wo));
+    if (!g->direct) band_rows = max64(band_rows, (g->kh - 1) * g->dh / g->sh);
+    job.bands = row_bands(g, band_rows);
+    int64_t items = g->n * g->groups, padded = ceil_div(job.bands.size * g->wo, DR_GEMM_NR) * DR_GEMM_NR;
+    int64_t buf = dr_gemm_b_rows(g->og) * padded + (g->direct ? 0 : g->k * job.bands.size * g->wo);
+    int64_t macs = g->n * g->o * g->howo * g->k;
+    job.pa_group = ceil_div(g->k, DR_GEMM_MR) * DR_GEMM_MR * g->og;
+    size_t pa_bytes = (size_t)(g->groups * job.pa_group) * sizeof(float);
+    void *pa_mem = NULL;
+    if (dr_cpu_alloc(0, pa_bytes, &pa_mem) != DR_OK)
+        return dr_fail(DR_ERR_OOM, "conv2d: cannot allocate %zu bytes for the packed weight",
+                       pa_bytes);
+    float *pa = pa_mem;
+    for (int64_t gi = 0; gi < g->groups; gi++) /* W_g^T: A[r][o] = W[o K + r] */
+        dr_gemm_pack_a(pa + gi * job.pa_group, g->og, 0, job.w + gi * g->og * g->k, 1, g->k, g->k,
+                       g->og);
+    job.pa = pa;
+    dr_status st = DR_OK;
+    for (job.phase = 0; job.phase < (g->direct ? 1 : 2); job.phase++) {
+        int64_t per_item = g->direct ? job.bands.count : (job.bands.count - job.phase + 1) / 2;
+        if (per_item > 0 && st == DR_OK)
+            st = dr_conv_run_units(&job, items * per_item, input_unit, buf, macs, "conv2d");
+    }
+    dr_cpu_dealloc(0, pa_mem, pa_bytes);
+    return st;
 }
 
 /* ---- backward: weight and bias ------------------------------------------------------- */
 
-static void weight_unit(const conv_job *job, int64_t u, float *cols) {
-    const conv_geom *g = &job->g;
-    int64_t mi = u % job->mtiles.count, rest = u / job->mtiles.count;
-    int64_t ci = rest % job->ctiles.count, gi = rest / job->ctiles.count;
-    int64_t c0 = ci * job->ctiles.size, c1 = min64(c0 + job->ctiles.size, g->cg);
-    int64_t m0 = mi * job->mtiles.size, m1 = min64(m0 + job->mtiles.size, g->og);
-    int64_t rows = (c1 - c0) * g->khw;
-    float *dwt = job->dw + (gi * g->og + m0) * g->k + c0 * g->khw;
-    bool first = true;
-    for (int64_t n = 0; n < g->n; n++) {
-        const float *xg = job->x + (n * g->c + gi * g->cg) * g->hw;
-        const float *dyt = job->dy + (n * g->o + gi * g->og + m0) * g->howo;
-        for (int64_t band = 0; band < job->bands.count; band++) {
-            int64_t y0 = band * job->bands.size, y1 = min64(y0 + job->bands.size, g->ho);
-            int64_t ncols = (y1 - y0) * g->wo;
-            const float *src = xg + c0 * g->hw + y0 * g->wo;
-            int64_t ld = g->hw;
-            if (!g->direct) {
-                im2col(g, xg, cols, c0, c1, y0, y1);
-                src = cols;
-                ld = ncols;
-            }
-            sgemm(CblasNoTrans, CblasTrans, m1 - m0, rows, ncols, dyt + y0 * g->wo, g->howo, src,
-                  ld, first ? 0.0f : 1.0f, dwt, g->k);
-            first = false;
+/* Rows r = (c, i, j) of the columns for input channels [c0, c1) and output rows
+ * [y0, y1), transposed and packed as the B of dr_gemm_packed_ab for `depth` rows of
+ * B: B[p0 + (y - y0) Wo + x][r - c0 kh kw], in panels of DR_GEMM_NR columns (the
+ * last one padded with zeros). */
+static void im2col_transposed(const conv_geom *g, const float *x, float *cols, int64_t depth,
+                              int64_t p0, int64_t c0, int64_t c1, int64_t y0, int64_t y1) {
+    int64_t ncols = (y1 - y0) * g->wo, rows = (c1 - c0) * g->khw, nr = DR_GEMM_NR;
+    for (int64_t rr = 0; rr < ceil_div(rows, nr) * nr; rr++) {
+        float *d = cols + dr_gemm_b_index(depth, p0, rr); /* d[p nr] */
+        if (rr >= rows) {
+            for (int64_t p = 0; p < ncols; p++) d[p * nr] = 0;
+            continue;
         }
+        int64_t r = c0 * g->khw + rr;
+        int64_t c = r / g->khw, i = r / g->kw % g->kh, j = r % g->kw;
+        int64_t x0 = j * g->dw - g->pw, lo, hi;
+        valid_cols(g, x0, &lo, &hi);
+        for (int64_t y = y0; y < y1; y++, d += g->wo * nr) {
+            int64_t iy = y * g->sh - g->ph + i * g->dh;
+            if (iy < 0 || iy >= g->h) {
+                for (int64_t ox = 0; ox < g->wo; ox++) d[ox * nr] = 0;
+                continue;
+            }
+            const float *s = x + c * g->hw + iy * g->w; /* s[x0 + ox sw] */
+            for (int64_t ox = 0; ox < lo; ox++) d[ox * nr] = 0;
+            for (int64_t ox = lo; ox < hi; ox++) d[ox * nr] = s[x0 + ox * g->sw];
+            for (int64_t ox = hi; ox < g->wo; ox++) d[ox * nr] = 0;
+        }
+    }
+}
+
+/* The weight gradient sums over images and output pixels in chunks of about
+ * BAND_COLS pixels: a band of one image, or whole images when an image has
+ * fewer pixels (several images in one chunk); fixed by the shapes. Chunk `ch`
+ * is the segments (image n, output rows [y0, y1)) that chunk_segment(job, ch, s, ...)
+ * gives for s = 0, 1, ... until it returns false. */
+static bool chunk_segment(const conv_job *job, int64_t ch, int64_t s, int64_t *n, int64_t *y0,
+                          int64_t *y1) {
+    const conv_geom *g = &job->g;
+    if (job->bands.count > 1) { /* one band */
+        if (s > 0) return false;
+        *n = ch / job->bands.count;
+        *y0 = ch % job->bands.count * job->bands.size;
+        *y1 = min64(*y0 + job->bands.size, g->ho);
+        return true;
+    }
+    *n = ch * job->chunk_images + s;
+    *y0 = 0;
+    *y1 = g->ho;
+    return s < job->chunk_images && *n < g->n;
+}
+
+/* Unit = (group, tile of input channels, tile of output channels): for every chunk
+ * in order, dW_tile += dY_tile cols^T by dr_gemm_packed_ab (dY packed as A once for
+ * all units, the columns transposed as B). */
+static void weight_unit(const conv_job *job, int64_t u, float *pb) {
+    const conv_geom *g = &job->g;
+    weight_tile t = weight_tile_of(job, u);
+    int64_t gi = t.gi, c0 = t.c0, c1 = t.c1, m0 = t.m0, m1 = t.m1, rows = (c1 - c0) * g->khw;
+    float *dwt = job->dw + (gi * g->og + m0) * g->k + c0 * g->khw;
+    for (int64_t ch = 0; ch < job->chunks; ch++) {
+        int64_t depth = 0, n, y0, y1;
+        for (int64_t s = 0; chunk_segment(job, ch, s, &n, &y0, &y1); s++)
+            depth += (y1 - y0) * g->wo;
+        for (int64_t s = 0, p0 = 0; chunk_segment(job, ch, s, &n, &y0, &y1); s++) {
+            const float *xg = job->x + (n * g->c + gi * g->cg) * g->hw;
+            im2col_transposed(g, xg, pb, depth, p0, c0, c1, y0, y1);
+            p0 += (y1 - y0) * g->wo;
+        }
+        const float *pa = job->pa + (ch * g->groups + gi) * job->pa_group + m0 * depth;
+        dr_gemm_packed_ab(m1 - m0, rows, depth, pa, depth, pb, dwt, g->k, ch == 0);
     }
 }
 
@@ -371,14 +394,47 @@ dr_status dr_cpu_conv2d_backward_weight(dr_tensor *grad_weight, dr_tensor *grad_
         memset(dr_tensor_data(grad_weight), 0, (size_t)(g->o * g->k) * sizeof(float));
         return DR_OK;
     }
-    job.ctiles = channel_tiles(g);
-    job.mtiles = out_tiles(g, g->groups * job.ctiles.count);
-    int64_t rows = job.ctiles.size * g->khw;
-    job.bands = row_bands(g, rows, g->ho, 4 * BUF_FLOATS);
     job.x = dr_tensor_data(in);
     job.dy = dr_tensor_data(grad_out);
     job.dw = dr_tensor_data(grad_weight);
+    if (!use_gemm(g)) return dr_conv_blas_backward_weight(&job);
+    job.ctiles = channel_tiles(g);
+    job.mtiles = out_tiles(g, g->groups * job.ctiles.count);
+    /* whole panels of the packed dY */
+    job.mtiles.size = ceil_div(job.mtiles.size, DR_GEMM_MR) * DR_GEMM_MR;
+    job.mtiles.count = ceil_div(g->og, job.mtiles.size);
+    int64_t rows = job.ctiles.size * g->khw;
+    job.bands = row_bands(g, ceil_div(BAND_COLS, g->wo));
+    job.chunk_images = job.bands.count > 1 ? 1 : max64(1, BAND_COLS / g->howo);
+    job.chunks = job.bands.count > 1 ? g->n * job.bands.count : ceil_div(g->n, job.chunk_images);
+    int64_t max_depth = max64(job.bands.size * g->wo, min64(job.chunk_images, g->n) * g->howo);
+    if (job.bands.count > 1) max_depth = job.bands.size * g->wo;
     int64_t units = g->groups * job.ctiles.count * job.mtiles.count;
-    int64_t buf = g->direct ? 0 : rows * job.bands.size * g->wo;
-    return run_units(&job, units, weight_unit, buf, g->n * g->o * g->howo * g->k, "conv2d");
+    int64_t buf = ceil_div(rows, DR_GEMM_NR) * DR_GEMM_NR * dr_gemm_b_rows(max_depth);
+    int64_t macs = g->n * g->o * g->howo * g->k;
+    /* dY packed once as A panels, per chunk and group, shared by the units */
+    job.pa_group = ceil_div(g->og, DR_GEMM_MR) * DR_GEMM_MR * max_depth;
+    int64_t slabs = job.chunks * g->groups;
+    size_t pa_bytes = (size_t)(slabs * job.pa_group) * sizeof(float);
+    void *pa_mem = NULL;
+    if (dr_cpu_alloc(0, pa_bytes, &pa_mem) != DR_OK)
+        return dr_fail(DR_ERR_OOM, "conv2d: cannot allocate %zu bytes to pack grad_out",
+                       pa_bytes);
+    float *pa = pa_mem;
+#pragma omp parallel for schedule(static) if (macs > CONV_SERIAL_MACS)
+    for (int64_t sl = 0; sl < slabs; sl++) {
+        int64_t gi = sl % g->groups, ch = sl / g->groups, depth = 0, n, y0, y1;
+        for (int64_t s = 0; chunk_segment(&job, ch, s, &n, &y0, &y1); s++)
+            depth += (y1 - y0) * g->wo;
+        for (int64_t s = 0, p0 = 0; chunk_segment(&job, ch, s, &n, &y0, &y1); s++) {
+            dr_gemm_pack_a(pa + sl * job.pa_group, depth, p0,
+                           job.dy + (n * g->o + gi * g->og) * g->howo + y0 * g->wo, g->howo, 1,
+                           g->og, (y1 - y0) * g->wo);
+            p0 += (y1 - y0) * g->wo;
+        }
+    }
+    job.pa = pa;
+    dr_status st = dr_conv_run_units(&job, units, weight_unit, buf, macs, "conv2d");
+    dr_cpu_dealloc(0, pa_mem, pa_bytes);
+    return st;
 }
