@@ -277,9 +277,15 @@ dr_status dr_cpu_conv2d_backward_input(dr_tensor *grad_in, const dr_tensor *grad
         return dr_fail(DR_ERR_OOM, "conv2d: cannot allocate %zu bytes for the packed weight",
                        pa_bytes);
     float *pa = pa_mem;
-    for (int64_t gi = 0; gi < g->groups; gi++) /* W_g^T: A[r][o] = W[o K + r] */
-        dr_gemm_pack_a(pa + gi * job.pa_group, g->og, 0, job.w + gi * g->og * g->k, 1, g->k, g->k,
+    /* W_g^T (A[r][o] = W[o K + r]), in pieces of 16 panels (96 rows r) on the team */
+    int64_t pieces = ceil_div(g->k, 16 * DR_GEMM_MR);
+#pragma omp parallel for schedule(static) if (macs > CONV_SERIAL_MACS)
+    for (int64_t t = 0; t < g->groups * pieces; t++) {
+        int64_t gi = t / pieces, r0 = t % pieces * 16 * DR_GEMM_MR;
+        dr_gemm_pack_a(pa + gi * job.pa_group + r0 * g->og, g->og, 0,
+                       job.w + gi * g->og * g->k + r0, 1, g->k, min64(16 * DR_GEMM_MR, g->k - r0),
                        g->og);
+    }
     job.pa = pa;
     dr_status st = DR_OK;
     for (job.phase = 0; job.phase < (g->direct ? 1 : 2); job.phase++) {
