@@ -78,10 +78,10 @@ void dr_conv_col2im(const conv_geom *g, const float *cols, float *dx, int64_t c0
 
 /* ---- running units ------------------------------------------------------------------ */
 
-/* Runs fn(job, u, cols) for every unit u, with `buf_floats` of private columns per
+/* Runs fn(job, u, buf) for every unit u, with `buf_floats` of private buffer per
  * thread that runs any. The team always has every thread, idle or not: inside an
  * active parallel region OpenBLAS stays on one thread, outside it would not. Only
- * when the whole job is below SERIAL_MACS multiply-adds, which OpenBLAS computes on
+ * when the whole job is below CONV_SERIAL_MACS multiply-adds, which OpenBLAS computes on
  * one thread anyway (its SMP threshold), does it run here without waking the pool.
  * The buffers come from the CPU block cache, so a training step does not page-fault
  * them in afresh. */
@@ -213,8 +213,8 @@ dr_status dr_cpu_conv2d(dr_tensor *out, const dr_tensor *in, const dr_tensor *we
 /* ---- backward: input ---------------------------------------------------------------- */
 
 /* Unit = (image, group, band of output rows): dcols = W_g^T dY for the band, all
- * K rows, by dr_gemm_packed_b over blocks of DR_GEMM_KC output channels (dY's
- * rows, packed), then col2im adds dcols into dX. Bands next to each other touch
+ * K rows, by dr_gemm_packed_ab (W_g^T packed once a call, the band of dY packed
+ * here), then col2im adds dcols into dX. Bands next to each other touch
  * the same input rows, so the even bands run first, then the odd ones (bands are
  * tall enough that bands two apart never meet): every dX element gets its sums
  * in an order fixed by the shapes. A direct convolution writes dX in place. */
@@ -267,7 +267,8 @@ dr_status dr_cpu_conv2d_backward_input(dr_tensor *grad_in, const dr_tensor *grad
     band_rows = min64(band_rows, DCOLS_FLOATS / max64(1, g->k * g->wo));
     if (!g->direct) band_rows = max64(band_rows, (g->kh - 1) * g->dh / g->sh);
     job.bands = row_bands(g, band_rows);
-    int64_t items = g->n * g->groups, padded = ceil_div(job.bands.size * g->wo, DR_GEMM_NR) * DR_GEMM_NR;
+    int64_t items = g->n * g->groups;
+    int64_t padded = ceil_div(job.bands.size * g->wo, DR_GEMM_NR) * DR_GEMM_NR;
     int64_t buf = dr_gemm_b_rows(g->og) * padded + (g->direct ? 0 : g->k * job.bands.size * g->wo);
     int64_t macs = g->n * g->o * g->howo * g->k;
     job.pa_group = ceil_div(g->k, DR_GEMM_MR) * DR_GEMM_MR * g->og;
