@@ -352,6 +352,14 @@ static bool chunk_segment(const conv_job *job, int64_t ch, int64_t s, int64_t *n
     return s < job->chunk_images && *n < g->n;
 }
 
+/* The pixels of chunk `ch` (its depth in the GEMM). */
+static int64_t chunk_depth(const conv_job *job, int64_t ch) {
+    int64_t depth = 0, n, y0, y1;
+    for (int64_t s = 0; chunk_segment(job, ch, s, &n, &y0, &y1); s++)
+        depth += (y1 - y0) * job->g.wo;
+    return depth;
+}
+
 /* Unit = (group, tile of input channels, tile of output channels): for every chunk
  * in order, dW_tile += dY_tile cols^T by dr_gemm_packed_ab (dY packed as A once for
  * all units, the columns transposed as B). */
@@ -361,9 +369,7 @@ static void weight_unit(const conv_job *job, int64_t u, float *pb) {
     int64_t gi = t.gi, c0 = t.c0, c1 = t.c1, m0 = t.m0, m1 = t.m1, rows = (c1 - c0) * g->khw;
     float *dwt = job->dw + (gi * g->og + m0) * g->k + c0 * g->khw;
     for (int64_t ch = 0; ch < job->chunks; ch++) {
-        int64_t depth = 0, n, y0, y1;
-        for (int64_t s = 0; chunk_segment(job, ch, s, &n, &y0, &y1); s++)
-            depth += (y1 - y0) * g->wo;
+        int64_t depth = chunk_depth(job, ch), n, y0, y1;
         for (int64_t s = 0, p0 = 0; chunk_segment(job, ch, s, &n, &y0, &y1); s++) {
             const float *xg = job->x + (n * g->c + gi * g->cg) * g->hw;
             im2col_transposed(g, xg, pb, depth, p0, c0, c1, y0, y1);
@@ -414,8 +420,8 @@ dr_status dr_cpu_conv2d_backward_weight(dr_tensor *grad_weight, dr_tensor *grad_
     job.bands = row_bands(g, ceil_div(BAND_COLS, g->wo));
     job.chunk_images = job.bands.count > 1 ? 1 : max64(1, BAND_COLS / g->howo);
     job.chunks = job.bands.count > 1 ? g->n * job.bands.count : ceil_div(g->n, job.chunk_images);
-    int64_t max_depth = max64(job.bands.size * g->wo, min64(job.chunk_images, g->n) * g->howo);
-    if (job.bands.count > 1) max_depth = job.bands.size * g->wo;
+    int64_t max_depth = job.bands.count > 1 ? job.bands.size * g->wo /* a band */
+                                            : min64(job.chunk_images, g->n) * g->howo;
     int64_t units = g->groups * job.ctiles.count * job.mtiles.count;
     int64_t buf = ceil_div(rows, DR_GEMM_NR) * DR_GEMM_NR * dr_gemm_b_rows(max_depth);
     int64_t macs = g->n * g->o * g->howo * g->k;
@@ -430,9 +436,7 @@ dr_status dr_cpu_conv2d_backward_weight(dr_tensor *grad_weight, dr_tensor *grad_
     float *pa = pa_mem;
 #pragma omp parallel for schedule(static) if (macs > CONV_SERIAL_MACS)
     for (int64_t sl = 0; sl < slabs; sl++) {
-        int64_t gi = sl % g->groups, ch = sl / g->groups, depth = 0, n, y0, y1;
-        for (int64_t s = 0; chunk_segment(&job, ch, s, &n, &y0, &y1); s++)
-            depth += (y1 - y0) * g->wo;
+        int64_t gi = sl % g->groups, ch = sl / g->groups, depth = chunk_depth(&job, ch), n, y0, y1;
         for (int64_t s = 0, p0 = 0; chunk_segment(&job, ch, s, &n, &y0, &y1); s++) {
             dr_gemm_pack_a(pa + sl * job.pa_group, depth, p0,
                            job.dy + (n * g->o + gi * g->og) * g->howo + y0 * g->wo, g->howo, 1,
