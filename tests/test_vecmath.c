@@ -8,8 +8,9 @@
  * - silu forward and backward on the same bit patterns, attention forward and
  *   backward on several shapes (odd sizes, masks, causal), and softmax / log_softmax
  *   over rows of several lengths (-inf and NaN entries), through the public ops
- *   with dr_cpu_intrinsics on and off (the clones' loops); NaN results match as
- *   NaN (their sign bit may differ).
+ *   with dr_cpu_intrinsics at 2 (silu's AVX-512 loops, where the CPU has them) and
+ *   1 (AVX2 only), each against 0 (the clones' loops); NaN results match as NaN
+ *   (their sign bit may differ).
  * On a CPU that is not x86-64-v3, or a compiler without the intrinsics, it says so
  * and checks nothing else. */
 #include <stdint.h>
@@ -120,27 +121,35 @@ static int same_bits(const dr_tensor *a, const dr_tensor *b) {
     return 1;
 }
 
+/* Levels of dr_cpu_intrinsics: the AVX-512 loops where the CPU has them, the AVX2
+ * loops alone, and the compiled loops (the reference). */
+static const int levels[] = {2, 1};
+static const char *const level_names[] = {"AVX-512 where present", "AVX2"};
+
 static void compare_on_off(const char *what, op_fn f, dr_tensor *const *in, int nout,
                            const void *ctx) {
-    dr_tensor *on[4] = {NULL}, *off[4] = {NULL};
-    dr_cpu_intrinsics = 1;
-    int ok = CHECK_OK(f(in, on, nout, ctx));
+    int saved = dr_cpu_intrinsics;
+    dr_tensor *off[4] = {NULL};
     dr_cpu_intrinsics = 0;
-    ok = CHECK_OK(f(in, off, nout, ctx)) && ok;
-    dr_cpu_intrinsics = 1;
-    for (int i = 0; ok && i < nout; i++)
-        if (!CHECK(same_bits(on[i], off[i]))) {
-            const float *a = dr_tensor_data(on[i]), *b = dr_tensor_data(off[i]);
-            const float *x = dr_tensor_data(in[0]);
-            int64_t j = 0, n = dr_tensor_numel(on[i]);
-            while (j < n && same_or_nan(a + j, b + j)) j++;
-            fprintf(stderr, "%s: output %d differs at %lld (input %a): %a, without the AVX2 "
-                    "loops %a\n", what, i, (long long)j, x[j % dr_tensor_numel(in[0])], a[j], b[j]);
-        }
-    for (int i = 0; i < nout; i++) {
-        dr_tensor_release(on[i]);
-        dr_tensor_release(off[i]);
+    int ok = CHECK_OK(f(in, off, nout, ctx));
+    for (int l = 0; l < 2; l++) {
+        dr_tensor *on[4] = {NULL};
+        dr_cpu_intrinsics = levels[l];
+        int ok_on = CHECK_OK(f(in, on, nout, ctx)) && ok;
+        for (int i = 0; ok_on && i < nout; i++)
+            if (!CHECK(same_bits(on[i], off[i]))) {
+                const float *a = dr_tensor_data(on[i]), *b = dr_tensor_data(off[i]);
+                const float *x = dr_tensor_data(in[0]);
+                int64_t j = 0, n = dr_tensor_numel(on[i]);
+                while (j < n && same_or_nan(a + j, b + j)) j++;
+                fprintf(stderr, "%s (%s loops): output %d differs at %lld (input %a): %a, "
+                        "compiled loops %a\n", what, level_names[l], i, (long long)j,
+                        x[j % dr_tensor_numel(in[0])], a[j], b[j]);
+            }
+        for (int i = 0; i < nout; i++) dr_tensor_release(on[i]);
     }
+    dr_cpu_intrinsics = saved;
+    for (int i = 0; i < nout; i++) dr_tensor_release(off[i]);
 }
 
 static dr_status silu_both(dr_tensor *const *in, dr_tensor **out, int nout, const void *ctx) {
@@ -247,6 +256,13 @@ int main(void) {
         fprintf(stderr, "hand-written AVX2 loops in use: attention %s, silu %s, softmax %s\n",
                 dr_cpu_attention_v3() ? "yes" : "no", dr_cpu_silu_v3() ? "yes" : "no",
                 dr_cpu_softmax_v3() ? "yes" : "no");
+        fprintf(stderr, "hand-written AVX-512 loops in use: silu %s\n",
+                dr_cpu_silu_v4() ? "yes"
+                : dr_cpu_use_v4() ? "no (the probe found them different)"
+                                  : "no (this CPU is not x86-64-v4: they are not tested)");
+        /* the AVX-512 loops do what the AVX2 ones do: where those pass the probe and
+         * the CPU has AVX-512, these must too */
+        CHECK(dr_cpu_silu_v4() == (dr_cpu_use_v4() && dr_cpu_silu_v3()));
         if (!dr_cpu_attention_v3() || !dr_cpu_silu_v3() || !dr_cpu_softmax_v3())
             fprintf(stderr, "(where no: this build's compiled loops round differently, e.g. an "
                             "unoptimised build without FMA contraction; the compiled loops run, "

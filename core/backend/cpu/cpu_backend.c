@@ -4,7 +4,7 @@
 
 #include "cpu_internal.h"
 
-int dr_cpu_intrinsics = 1;
+int dr_cpu_intrinsics = 2;
 
 void dr_iter_init(dr_iter *it, int32_t nops, const dr_tensor *const *ops) {
     const dr_tensor *t0 = ops[0];

@@ -35,18 +35,29 @@ static inline void dr_iter_row(const dr_iter *it, int64_t row, int64_t *off) {
 }
 
 /* The hand-written AVX2 + FMA loops (with cpu_vecmath.h's dr_vexpf8: attention's
- * softmax tiles, silu, softmax over the last dim) stand in for compiler-vectorised
- * loops and must give their bits. They run where the CPU is x86-64-v3, this switch
- * is 1 (the default; tests set 0 to compare), and a probe found the two loops equal
+ * softmax tiles, silu, softmax over the last dim; and the GEMM's kernel) stand in
+ * for compiler-vectorised loops and must give their bits. They run where the CPU
+ * is x86-64-v3, this switch is 1 or more, and a probe found the two loops equal
  * on this build: the compiled loops' rounding depends on the compiler and its
  * optimisation (GCC fuses a multiply and an add into one FMA at -O2 and above,
  * which the intrinsics copy; a Debug build does not), so each file checks its pair
- * once on fixed inputs and keeps the compiled loops where they differ. */
+ * once on fixed inputs and keeps the compiled loops where they differ. Where the
+ * CPU is x86-64-v4 and the switch is 2 (the default), the loops that have an
+ * AVX-512 version (silu) run that, the same operations on 16 lanes: the same bits.
+ * Tests set 0 (compiled loops) and 1 (AVX2 only) to compare. */
 extern int dr_cpu_intrinsics;
 
 static inline int dr_cpu_use_v3(void) {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
     return dr_cpu_intrinsics && __builtin_cpu_supports("x86-64-v3");
+#else
+    return 0;
+#endif
+}
+
+static inline int dr_cpu_use_v4(void) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    return dr_cpu_intrinsics >= 2 && __builtin_cpu_supports("x86-64-v4");
 #else
     return 0;
 #endif
@@ -68,6 +79,7 @@ static inline int dr_cpu_probe(int *state, int (*probe)(void)) {
 /* Whether each family's hand-written loops run (switch, CPU and probe). */
 int dr_cpu_attention_v3(void);
 int dr_cpu_silu_v3(void);
+int dr_cpu_silu_v4(void);
 int dr_cpu_softmax_v3(void);
 
 /* Fixed probe inputs: n floats in (-20, 20), none NaN. */

@@ -175,14 +175,60 @@ int dr_cpu_silu_v3(void) {
     static int state;
     return dr_cpu_probe(&state, silu_probe);
 }
+
+/* The two loops again on 16 lanes (AVX-512): the same operations per lane. On
+ * Zen 4 the backward runs 1.45x faster than on 8 lanes (tests/test_vecmath.c). */
+DR_V4_FN static void silu_forward_v4(float *o, const float *in, int64_t n16) {
+    const __m512 one = _mm512_set1_ps(1.0f), neg = _mm512_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n16; i += 16) {
+        __m512 x = _mm512_loadu_ps(in + i), s2;
+        __m512 ps1 = dr_vexpf16_parts(_mm512_xor_ps(x, neg), &s2);
+        _mm512_storeu_ps(o + i, _mm512_div_ps(x, _mm512_fmadd_ps(ps1, s2, one)));
+    }
+}
+
+DR_V4_FN static void silu_backward_v4(float *o, const float *go, const float *sv, int64_t n16) {
+    const __m512 one = _mm512_set1_ps(1.0f), neg = _mm512_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n16; i += 16) {
+        __m512 s = _mm512_loadu_ps(sv + i), s2;
+        __m512 ps1 = dr_vexpf16_parts(_mm512_xor_ps(s, neg), &s2);
+        __m512 sg = _mm512_div_ps(one, _mm512_fmadd_ps(ps1, s2, one));
+        __m512 d = _mm512_add_ps(sg, _mm512_mul_ps(_mm512_mul_ps(s, sg), _mm512_sub_ps(one, sg)));
+        _mm512_storeu_ps(o + i, _mm512_mul_ps(_mm512_loadu_ps(go + i), d));
+    }
+}
+
+static int silu_probe_v4(void) {
+    enum { N = 1024 };
+    float x[N], g[N], a[N], b[N];
+    dr_cpu_probe_values(x, N);
+    for (int i = 0; i < N; i++) g[i] = 0.3f * x[(i * 7) % N];
+    silu_forward_v4(a, x, N);
+    forward_chunk(DR_UNARY_SILU, b, x, N, 0, 0);
+    int same = memcmp(a, b, sizeof a) == 0;
+    silu_backward_v4(a, g, x, N);
+    backward_chunk(DR_UNARY_SILU, b, g, x, N, 0, 0);
+    return same && memcmp(a, b, sizeof a) == 0;
+}
+
+int dr_cpu_silu_v4(void) {
+    static int state;
+    return dr_cpu_use_v4() && dr_cpu_probe(&state, silu_probe_v4);
+}
 #else
 int dr_cpu_silu_v3(void) { return 0; }
+int dr_cpu_silu_v4(void) { return 0; }
 #endif
 
 /* forward_chunk / backward_chunk, or the v3 silu where the CPU runs it */
 static void forward_any(dr_unary_op op, float *o, const float *in, int64_t n, float p0, float p1) {
 #ifdef DR_HAVE_VEXPF8
-    if (op == DR_UNARY_SILU && dr_cpu_silu_v3()) {
+    if (op == DR_UNARY_SILU && dr_cpu_silu_v4()) {
+        int64_t n16 = n / 16 * 16;
+        silu_forward_v4(o, in, n16);
+        o += n16, in += n16, n -= n16;
+    }
+    if (op == DR_UNARY_SILU && n >= 8 && dr_cpu_silu_v3()) {
         int64_t n8 = n / 8 * 8;
         silu_forward_v3(o, in, n8);
         o += n8, in += n8, n -= n8; /* the rest: the clones' code */
@@ -194,7 +240,12 @@ static void forward_any(dr_unary_op op, float *o, const float *in, int64_t n, fl
 static void backward_any(dr_unary_op op, float *o, const float *go, const float *sv, int64_t n,
                          float p0, float p1) {
 #ifdef DR_HAVE_VEXPF8
-    if (op == DR_UNARY_SILU && dr_cpu_silu_v3()) {
+    if (op == DR_UNARY_SILU && dr_cpu_silu_v4()) {
+        int64_t n16 = n / 16 * 16;
+        silu_backward_v4(o, go, sv, n16);
+        o += n16, go += n16, sv += n16, n -= n16;
+    }
+    if (op == DR_UNARY_SILU && n >= 8 && dr_cpu_silu_v3()) {
         int64_t n8 = n / 8 * 8;
         silu_backward_v3(o, go, sv, n8);
         o += n8, go += n8, sv += n8, n -= n8;
