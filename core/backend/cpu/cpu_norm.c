@@ -10,6 +10,7 @@
  * so nothing depends on the thread count. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cpu_internal.h"
 #include "cpu_vecmath.h"
@@ -194,20 +195,24 @@ dr_status dr_cpu_layer_norm_backward(dr_tensor *grad_in, dr_tensor *grad_weight,
     const float *pm = dr_tensor_data(mean), *pr = dr_tensor_data(rstd), *w = data_or_null(weight);
     float *dx = grad_in ? dr_tensor_data(grad_in) : NULL;
     int64_t nblocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
-    /* Per-block partial sums of dy * xhat and dy, added in block order at the end. */
+    /* Per-block partial sums of dy * xhat and dy, added in block order at the end;
+     * from the block cache (a fresh calloc of this size is mmapped, page-faulted and
+     * unmapped every call), each block zeroing its own. */
     float *pgw = NULL, *pgb = NULL;
     size_t part = (size_t)(nblocks > 0 ? nblocks : 1) * (size_t)(cols > 0 ? cols : 1);
-    if (grad_weight) pgw = calloc(part, sizeof(float));
-    if (grad_bias) pgb = calloc(part, sizeof(float));
-    if ((grad_weight && !pgw) || (grad_bias && !pgb)) {
-        free(pgw);
-        free(pgb);
+    size_t nparts = (grad_weight != NULL) + (grad_bias != NULL);
+    size_t part_bytes = nparts * part * sizeof(float);
+    void *mem = NULL;
+    if (nparts > 0 && dr_cpu_alloc(0, part_bytes, &mem) != DR_OK)
         return dr_fail(DR_ERR_OOM, "layer_norm_backward: out of memory for %lld x %lld partial "
                        "sums", (long long)nblocks, (long long)cols);
-    }
+    if (grad_weight) pgw = mem;
+    if (grad_bias) pgb = (float *)mem + (grad_weight ? part : 0);
 #pragma omp parallel for schedule(static) if (rows * cols > DR_CPU_PARALLEL_MIN)
     for (int64_t blk = 0; blk < nblocks; blk++) {
         float *gw = pgw ? pgw + blk * cols : NULL, *gb = pgb ? pgb + blk * cols : NULL;
+        if (gw) memset(gw, 0, (size_t)cols * sizeof(float));
+        if (gb) memset(gb, 0, (size_t)cols * sizeof(float));
         layer_norm_rows_backward(dx, gw, gb, dy, x, w, pm, pr, blk * ROW_BLOCK,
                                  min64(rows, (blk + 1) * ROW_BLOCK), cols);
     }
@@ -223,8 +228,7 @@ dr_status dr_cpu_layer_norm_backward(dr_tensor *grad_in, dr_tensor *grad_weight,
         if (ow) ow[j] = (float)sw;
         if (ob) ob[j] = (float)sb;
     }
-    free(pgw);
-    free(pgb);
+    if (mem) dr_cpu_dealloc(0, mem, part_bytes);
     return DR_OK;
 }
 
