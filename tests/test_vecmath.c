@@ -5,7 +5,8 @@
  *   NaNs, infinities) and on the edges of its clamps (the whole 2^32 range was
  *   compared once by hand: 0 mismatches), in builds where the library's probes
  *   found the two equal (optimised GCC); else its accuracy;
- * - silu forward and backward on the same bit patterns, attention forward and
+ * - silu forward and backward on the same bit patterns, every unary op forward
+ *   and backward on every 997th pattern (their AVX-512 compilation), attention forward and
  *   backward on several shapes (odd sizes, masks, causal), and softmax / log_softmax
  *   over rows of several lengths (-inf and NaN entries), through the public ops
  *   with dr_cpu_intrinsics at 2 (silu's AVX-512 loops, where the CPU has them) and
@@ -184,6 +185,54 @@ static void test_silu(void) {
     }
 }
 
+/* Every unary op (pow and clamp with parameters that take their general paths),
+ * forward and backward, on every 997th bit pattern: the AVX-512 compilation of the
+ * loops (level 2, where the CPU has it) and the AVX2 one against the clones. */
+typedef struct unary_case {
+    int32_t op;
+    double p0, p1;
+} unary_case;
+
+static dr_status unary_both(dr_tensor *const *in, dr_tensor **out, int nout, const void *ctx) {
+    const unary_case *c = ctx;
+    (void)nout;
+    dr_status st;
+    if (c->op == DR_UNARY_POW) {
+        st = dr_pow_scalar(in[0], c->p0, &out[0]);
+        if (st == DR_OK) st = dr_pow_scalar_backward(in[1], in[0], c->p0, &out[1]);
+    } else if (c->op == DR_UNARY_CLAMP) {
+        st = dr_clamp(in[0], c->p0, c->p1, &out[0]);
+        if (st == DR_OK) st = dr_clamp_backward(in[1], in[0], c->p0, c->p1, &out[1]);
+    } else {
+        st = dr_unary(c->op, in[0], &out[0]);
+        if (st == DR_OK) st = dr_unary_backward(c->op, in[1], in[0], out[0], &out[1]);
+    }
+    return st;
+}
+
+static void test_unary_ops(void) {
+    enum { STRIDE = 997 };
+    int64_t n = (int64_t)((1ull << 32) / STRIDE) + 1;
+    dr_tensor *x = NULL, *g = NULL;
+    if (!CHECK_OK(dr_tensor_empty(&n, 1, DR_F32, CPU, &x)) ||
+        !CHECK_OK(dr_tensor_empty(&n, 1, DR_F32, CPU, &g)))
+        return;
+    float *xv = dr_tensor_data(x), *gv = dr_tensor_data(g);
+    for (int64_t i = 0; i < n; i++) {
+        xv[i] = from_bits((uint32_t)((uint64_t)i * STRIDE));
+        gv[i] = (float)((i % 7) - 3) * 0.37f;
+    }
+    dr_tensor *in[2] = {x, g};
+    for (int32_t op = 0; op < DR_NUM_UNARY_OPS; op++) {
+        unary_case c = {op, 0, 0};
+        if (op == DR_UNARY_POW) c.p0 = 2.5;
+        if (op == DR_UNARY_CLAMP) c.p0 = -1.0, c.p1 = 2.0;
+        compare_on_off(dr_unary_name(op), unary_both, in, 2, &c);
+    }
+    dr_tensor_release(x);
+    dr_tensor_release(g);
+}
+
 typedef struct att_case {
     int64_t b, lq, lk, e;
     int causal, masked;
@@ -256,10 +305,12 @@ int main(void) {
         fprintf(stderr, "hand-written AVX2 loops in use: attention %s, silu %s, softmax %s\n",
                 dr_cpu_attention_v3() ? "yes" : "no", dr_cpu_silu_v3() ? "yes" : "no",
                 dr_cpu_softmax_v3() ? "yes" : "no");
-        fprintf(stderr, "hand-written AVX-512 loops in use: silu %s\n",
-                dr_cpu_silu_v4() ? "yes"
-                : dr_cpu_use_v4() ? "no (the probe found them different)"
-                                  : "no (this CPU is not x86-64-v4: they are not tested)");
+        fprintf(stderr, "AVX-512 loops in use: silu's hand-written %s, the unary ops' compiled "
+                "%s\n", dr_cpu_silu_v4() ? "yes" : "no", dr_cpu_unary_v4() ? "yes" : "no");
+        if (!dr_cpu_use_v4())
+            fprintf(stderr, "(this CPU is not x86-64-v4: they are not tested)\n");
+        /* both compilations of the unary loops are the same C: they must agree */
+        CHECK(dr_cpu_unary_v4() == dr_cpu_use_v4());
         /* the AVX-512 loops do what the AVX2 ones do: where those pass the probe and
          * the CPU has AVX-512, these must too */
         CHECK(dr_cpu_silu_v4() == (dr_cpu_use_v4() && dr_cpu_silu_v3()));
@@ -270,6 +321,7 @@ int main(void) {
         test_sampled_patterns();
         test_edges();
         test_silu();
+        test_unary_ops();
         test_attention();
         test_softmax();
     } else {

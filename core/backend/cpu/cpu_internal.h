@@ -80,6 +80,7 @@ static inline int dr_cpu_probe(int *state, int (*probe)(void)) {
 int dr_cpu_attention_v3(void);
 int dr_cpu_silu_v3(void);
 int dr_cpu_silu_v4(void);
+int dr_cpu_unary_v4(void);
 int dr_cpu_softmax_v3(void);
 
 /* Fixed probe inputs: n floats in (-20, 20), none NaN. */
