@@ -48,6 +48,55 @@ static void binary_f32_contig(dr_binary_op op, float *o, const float *a, const f
 }
 #undef BINARY_LOOP
 
+/* One row of float32 elements, out contiguous, each input contiguous (stride 1)
+ * or one value broadcast along the row (stride 0): the broadcasts of a bias over
+ * rows or of a per-channel value over pixels. One loop per op and stride pair,
+ * so the compiler vectorises each; the same operations per element as
+ * apply_f32, so the same bits as the strided loop below. */
+#define ROW_LOOPS(EXPR)                                                               \
+    do {                                                                              \
+        if (sa && sb) {                                                               \
+            for (int64_t i = 0; i < n; i++) {                                         \
+                float x = a[i], y = b[i];                                             \
+                o[i] = (EXPR);                                                        \
+            }                                                                         \
+        } else if (sa) {                                                              \
+            float y = b[0];                                                           \
+            for (int64_t i = 0; i < n; i++) {                                         \
+                float x = a[i];                                                       \
+                o[i] = (EXPR);                                                        \
+            }                                                                         \
+        } else if (sb) {                                                              \
+            float x = a[0];                                                           \
+            for (int64_t i = 0; i < n; i++) {                                         \
+                float y = b[i];                                                       \
+                o[i] = (EXPR);                                                        \
+            }                                                                         \
+        } else {                                                                      \
+            float x = a[0], y = b[0], v = (EXPR);                                     \
+            for (int64_t i = 0; i < n; i++) o[i] = v;                                 \
+        }                                                                             \
+    } while (0)
+
+static void binary_f32_row(dr_binary_op op, float *o, const float *a, int64_t sa,
+                           const float *b, int64_t sb, float alpha, int64_t n) {
+    switch (op) {
+    case DR_OP_ADD:
+        if (alpha == 1.0f) ROW_LOOPS(x + y);
+        else ROW_LOOPS(x + alpha * y);
+        break;
+    case DR_OP_SUB:
+        if (alpha == 1.0f) ROW_LOOPS(x - y);
+        else ROW_LOOPS(x - alpha * y);
+        break;
+    case DR_OP_MUL: ROW_LOOPS(x * y); break;
+    default: ROW_LOOPS(x / y); break;
+    }
+}
+#undef ROW_LOOPS
+
+enum { ROW_PIECE = 1 << 14 }; /* elements of a long row per unit of parallel work */
+
 dr_status dr_cpu_binary(dr_binary_op op, dr_tensor *out, const dr_tensor *a,
                         const dr_tensor *b, double alpha) {
     const dr_tensor *ops[3] = {out, a, b};
@@ -62,6 +111,19 @@ dr_status dr_cpu_binary(dr_binary_op op, dr_tensor *out, const dr_tensor *a,
     if (dt == DR_F32 && it.ndim == 1 && so == 1 && sa == 1 && sb == 1) {
         binary_f32_contig(op, (float *)o + it.base[0], (const float *)pa + it.base[1],
                           (const float *)pb + it.base[2], (float)alpha, it.inner);
+        return DR_OK;
+    }
+    if (dt == DR_F32 && so == 1 && (sa == 0 || sa == 1) && (sb == 0 || sb == 1)) {
+        /* units: rows, long ones cut in pieces (a scalar times a tensor is one row) */
+        int64_t pieces = (it.inner + ROW_PIECE - 1) / ROW_PIECE, units = it.rows * pieces;
+#pragma omp parallel for schedule(static) if (it.rows * it.inner > DR_CPU_PARALLEL_MIN)
+        for (int64_t u = 0; u < units; u++) {
+            int64_t off[3], j = u % pieces * ROW_PIECE;
+            int64_t len = it.inner - j < ROW_PIECE ? it.inner - j : ROW_PIECE;
+            dr_iter_row(&it, u / pieces, off);
+            binary_f32_row(op, (float *)o + off[0] + j, (const float *)pa + off[1] + j * sa, sa,
+                           (const float *)pb + off[2] + j * sb, sb, (float)alpha, len);
+        }
         return DR_OK;
     }
     bool is_float = dr_dtype_is_float(dt);
