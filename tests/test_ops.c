@@ -225,6 +225,13 @@ static const binary_case binary_cases[] = {
      DR_F32, 2, {300, 200}},
     {MUL, DR_F32, 1, {70001}, L_CONTIG, DR_F32, 1, {70001}, L_CONTIG, 1, DR_F32, 1, {70001}},
     {ADD, DR_F16, 2, {300, 200}, L_CONTIG, DR_F16, 2, {300, 1}, L_CONTIG, 1, DR_F16, 2, {300, 200}},
+    /* rows broadcast along (a scalar, a bias), long enough to be cut in pieces */
+    {MUL, DR_F32, 1, {70001}, L_CONTIG, DR_F32, 1, {1}, L_CONTIG, 1, DR_F32, 1, {70001}},
+    {SUB, DR_F32, 1, {1}, L_CONTIG, DR_F32, 2, {3, 40000}, L_CONTIG, 2.5, DR_F32, 2, {3, 40000}},
+    {ADD, DR_F32, 2, {2, 20000}, L_CONTIG, DR_F32, 1, {20000}, L_CONTIG, -0.5,
+     DR_F32, 2, {2, 20000}},
+    {DIV, DR_F32, 3, {2, 3, 17000}, L_CONTIG, DR_F32, 3, {2, 3, 1}, L_CONTIG, 1,
+     DR_F32, 3, {2, 3, 17000}},
     /* every dtype; promotion */
     {ADD, DR_F16, 2, {7, 9}, L_CONTIG, DR_F16, 1, {9}, L_CONTIG, 1, DR_F16, 2, {7, 9}},
     {MUL, DR_BF16, 2, {4, 4}, L_TRANSPOSED, DR_BF16, 2, {4, 1}, L_CONTIG, 1, DR_BF16, 2, {4, 4}},
