@@ -4,7 +4,8 @@
  * - the bits of an element do not depend on how the product is split into calls:
  *   any cut of m or n, a cut of k at multiples of DR_GEMM_KC, B packed per call;
  * - overwrite gives the bits of adding to zeros; A packed gives the bits of A in
- *   place; the AVX2 kernel (dr_cpu_intrinsics on) the bits of the C loop (off). */
+ *   place; the AVX-512 kernel (two panels at once, where the CPU has it) and the
+ *   AVX2 kernel the bits of the C loop (dr_cpu_intrinsics 2, 1 and 0). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -90,12 +91,19 @@ static void test_case(int64_t m, int64_t n, int64_t k, bool a_transposed) {
     dr_gemm_packed_ab(m, n, k, pa, k, pb, c1, n, true);
     CHECK(same_bits(c0, c1, m * n, "A packed against A in place"));
 
-    /* the C kernel */
+    /* the other kernels: the C loop (0), AVX2 alone (1); c0 came from the default
+     * (2: the AVX-512 pair kernel where the CPU has it) */
     int saved = dr_cpu_intrinsics;
-    dr_cpu_intrinsics = 0;
-    dr_gemm_packed_ab(m, n, k, pa, k, pb, c1, n, true);
+    for (int level = 0; level < 2; level++) {
+        dr_cpu_intrinsics = level;
+        dr_gemm_packed_ab(m, n, k, pa, k, pb, c1, n, true);
+        CHECK(same_bits(c0, c1, m * n, level ? "the AVX2 kernel against the default"
+                                              : "the C kernel against the default"));
+        dr_gemm_packed_b(m, n, k, a, rsa, csa, pb, c1, n, true);
+        CHECK(same_bits(c0, c1, m * n, level ? "the AVX2 kernel, A in place"
+                                              : "the C kernel, A in place"));
+    }
     dr_cpu_intrinsics = saved;
-    CHECK(same_bits(c0, c1, m * n, "the C kernel against the AVX2 one"));
     free(pa);
     free(pb);
     free(a);
