@@ -25,34 +25,12 @@ static inline int64_t apply_i64(dr_binary_op op, int64_t x, int64_t y, int64_t a
     }
 }
 
-/* Contiguous float32 fast path: one loop per op, so the compiler vectorises it
- * (a switch inside the loop kept it scalar: 3x slower than torch). */
-#define BINARY_LOOP(expr)                                                   \
-    _Pragma("omp parallel for simd schedule(static) if (n > DR_CPU_PARALLEL_MIN)") \
-    for (int64_t i = 0; i < n; i++) o[i] = (expr)
-
-static void binary_f32_contig(dr_binary_op op, float *o, const float *a, const float *b,
-                              float alpha, int64_t n) {
-    switch (op) {
-    case DR_OP_ADD:
-        if (alpha == 1.0f) { BINARY_LOOP(a[i] + b[i]); }
-        else { BINARY_LOOP(a[i] + alpha * b[i]); }
-        break;
-    case DR_OP_SUB:
-        if (alpha == 1.0f) { BINARY_LOOP(a[i] - b[i]); }
-        else { BINARY_LOOP(a[i] - alpha * b[i]); }
-        break;
-    case DR_OP_MUL: BINARY_LOOP(a[i] * b[i]); break;
-    default: BINARY_LOOP(a[i] / b[i]); break;
-    }
-}
-#undef BINARY_LOOP
-
 /* One row of float32 elements, out contiguous, each input contiguous (stride 1)
- * or one value broadcast along the row (stride 0): the broadcasts of a bias over
- * rows or of a per-channel value over pixels. One loop per op and stride pair,
- * so the compiler vectorises each; the same operations per element as
- * apply_f32, so the same bits as the strided loop below. */
+ * or one value broadcast along the row (stride 0): same-shape operands (one long
+ * row), a bias over rows, a per-channel value over pixels. One loop per op and
+ * stride pair, so the compiler vectorises each (a switch inside the loop kept it
+ * scalar: 3x slower than torch); the same operations per element as apply_f32,
+ * so the same bits as the strided loop below. */
 #define ROW_LOOPS(EXPR)                                                               \
     do {                                                                              \
         if (sa && sb) {                                                               \
@@ -108,13 +86,8 @@ dr_status dr_cpu_binary(dr_binary_op op, dr_tensor *out, const dr_tensor *a,
     int32_t last = it.ndim - 1;
     int64_t so = it.strides[0][last], sa = it.strides[1][last], sb = it.strides[2][last];
 
-    if (dt == DR_F32 && it.ndim == 1 && so == 1 && sa == 1 && sb == 1) {
-        binary_f32_contig(op, (float *)o + it.base[0], (const float *)pa + it.base[1],
-                          (const float *)pb + it.base[2], (float)alpha, it.inner);
-        return DR_OK;
-    }
     if (dt == DR_F32 && so == 1 && (sa == 0 || sa == 1) && (sb == 0 || sb == 1)) {
-        /* units: rows, long ones cut in pieces (a scalar times a tensor is one row) */
+        /* units: rows, long ones cut in pieces (contiguous operands are one row) */
         int64_t pieces = (it.inner + ROW_PIECE - 1) / ROW_PIECE, units = it.rows * pieces;
 #pragma omp parallel for schedule(static) if (it.rows * it.inner > DR_CPU_PARALLEL_MIN)
         for (int64_t u = 0; u < units; u++) {
