@@ -291,11 +291,9 @@ static void forward_any(dr_unary_op op, float *o, const float *in, int64_t n, fl
     if (op == DR_UNARY_SILU && n >= 8 && dr_cpu_silu_v3()) {
         int64_t n8 = n / 8 * 8;
         silu_forward_v3(o, in, n8);
-        o += n8, in += n8, n -= n8; /* the rest: the clones' code */
+        o += n8, in += n8, n -= n8;
     }
-#endif
-#ifdef DR_HAVE_VEXPF8
-    if (n > 0 && dr_cpu_unary_v4()) {
+    if (n > 0 && dr_cpu_unary_v4()) { /* the rest: the clones' code, compiled for v4 */
         forward_chunk_v4(op, o, in, n, p0, p1);
         return;
     }
@@ -316,9 +314,7 @@ static void backward_any(dr_unary_op op, float *o, const float *go, const float 
         silu_backward_v3(o, go, sv, n8);
         o += n8, go += n8, sv += n8, n -= n8;
     }
-#endif
-#ifdef DR_HAVE_VEXPF8
-    if (n > 0 && dr_cpu_unary_v4()) {
+    if (n > 0 && dr_cpu_unary_v4()) { /* the rest: the clones' code, compiled for v4 */
         backward_chunk_v4(op, o, go, sv, n, p0, p1);
         return;
     }
