@@ -42,6 +42,25 @@ __attribute__((target("avx2,fma"), noinline)) static int compare8(const float *x
     return bad;
 }
 
+DR_V4_FN __attribute__((noinline)) static void vexp16(const float *x, float *out) {
+    _mm512_storeu_ps(out, dr_vexpf16(_mm512_loadu_ps(x)));
+}
+
+/* dr_vexpf16 (2^k by vscalefps) on 16 floats against dr_vexpf (compiled as in
+ * compare8: with the clones' contractions): lanes that differ */
+__attribute__((target("avx2,fma"), noinline)) static int compare16(const float *x) {
+    float vec[16], ref[16];
+    vexp16(x, vec);
+    for (int i = 0; i < 16; i++) ref[i] = dr_vexpf(x[i]);
+    int bad = 0;
+    for (int i = 0; i < 16; i++)
+        if (memcmp(&vec[i], &ref[i], 4) != 0) {
+            if (bad == 0) fprintf(stderr, "exp(%a): dr_vexpf16 %a, dr_vexpf %a\n", x[i], vec[i], ref[i]);
+            bad++;
+        }
+    return bad;
+}
+
 static float from_bits(uint32_t u) {
     float f;
     memcpy(&f, &u, 4);
@@ -74,6 +93,16 @@ static void test_sampled_patterns(void) {
             identical ? "bit for bit against dr_vexpf" : "within 2 ulp of exp",
             (long long)(identical ? bad : far));
     CHECK(bad == 0 && far == 0);
+    if (identical && dr_cpu_use_v4()) { /* the 16-lane exp with vscalefps, likewise */
+        int64_t bad16 = 0;
+        for (uint64_t u = 0; u < (1ull << 32); u += 61 * 16) {
+            float x16[16];
+            for (int i = 0; i < 16; i++) x16[i] = from_bits((uint32_t)(u + 61 * (uint64_t)i));
+            bad16 += compare16(x16);
+        }
+        fprintf(stderr, "dr_vexpf16 on as many floats: %lld differ\n", (long long)bad16);
+        CHECK(bad16 == 0);
+    }
 }
 
 static void test_edges(void) {
@@ -88,6 +117,12 @@ static void test_edges(void) {
         for (int i = 0; i < n; i += 8) {
             for (int j = 0; j < 8; j++) x[j] = edges[(i + j) % n];
             bad += compare8(x);
+        }
+    if (dr_cpu_attention_v3() && dr_cpu_use_v4())
+        for (int i = 0; i < n; i += 16) {
+            float x16[16];
+            for (int j = 0; j < 16; j++) x16[j] = edges[(i + j) % n];
+            bad += compare16(x16);
         }
     CHECK(bad == 0);
     /* what the attention relies on: masked scores (-inf) give 0, NaN stays NaN */
@@ -153,16 +188,18 @@ static void compare_on_off(const char *what, op_fn f, dr_tensor *const *in, int 
     for (int i = 0; i < nout; i++) dr_tensor_release(off[i]);
 }
 
-static dr_status silu_both(dr_tensor *const *in, dr_tensor **out, int nout, const void *ctx) {
-    (void)nout, (void)ctx;
-    dr_status st = dr_silu(in[0], &out[0]);
-    if (st == DR_OK) st = dr_unary_backward(DR_UNARY_SILU, in[1], in[0], out[0], &out[1]);
+/* op (silu or gelu) forward and backward */
+static dr_status op_both(dr_tensor *const *in, dr_tensor **out, int nout, const void *ctx) {
+    int32_t op = *(const int32_t *)ctx;
+    (void)nout;
+    dr_status st = dr_unary(op, in[0], &out[0]);
+    if (st == DR_OK) st = dr_unary_backward(op, in[1], in[0], out[0], &out[1]);
     return st;
 }
 
-/* silu on every 61st bit pattern, 2^20 at a time (odd lengths at the end: the
+/* op on every 61st bit pattern, 2^20 at a time (odd lengths at the end: the
  * tails take the clones' loops in both runs) */
-static void test_silu(void) {
+static void test_every_61st(int32_t op) {
     const int64_t chunk = 1 << 20;
     uint64_t u = 0;
     while (u < (1ull << 32)) {
@@ -179,7 +216,7 @@ static void test_silu(void) {
             gv[i] = (float)((i % 7) - 3) * 0.37f;
         }
         dr_tensor *in[2] = {x, g};
-        compare_on_off("silu", silu_both, in, 2, NULL);
+        compare_on_off(dr_unary_name(op), op_both, in, 2, &op);
         dr_tensor_release(x);
         dr_tensor_release(g);
     }
@@ -305,8 +342,9 @@ int main(void) {
         fprintf(stderr, "hand-written AVX2 loops in use: attention %s, silu %s, softmax %s\n",
                 dr_cpu_attention_v3() ? "yes" : "no", dr_cpu_silu_v3() ? "yes" : "no",
                 dr_cpu_softmax_v3() ? "yes" : "no");
-        fprintf(stderr, "AVX-512 loops in use: silu's hand-written %s, the unary ops' compiled "
-                "%s\n", dr_cpu_silu_v4() ? "yes" : "no", dr_cpu_unary_v4() ? "yes" : "no");
+        fprintf(stderr, "AVX-512 loops in use: silu's and gelu's hand-written %s and %s, the "
+                "unary ops' compiled %s\n", dr_cpu_silu_v4() ? "yes" : "no",
+                dr_cpu_gelu_v4() ? "yes" : "no", dr_cpu_unary_v4() ? "yes" : "no");
         if (!dr_cpu_use_v4())
             fprintf(stderr, "(this CPU is not x86-64-v4: they are not tested)\n");
         /* both compilations of the unary loops are the same C: they must agree */
@@ -314,13 +352,15 @@ int main(void) {
         /* the AVX-512 loops do what the AVX2 ones do: where those pass the probe and
          * the CPU has AVX-512, these must too */
         CHECK(dr_cpu_silu_v4() == (dr_cpu_use_v4() && dr_cpu_silu_v3()));
+        CHECK(dr_cpu_gelu_v4() == (dr_cpu_use_v4() && dr_cpu_silu_v3()));
         if (!dr_cpu_attention_v3() || !dr_cpu_silu_v3() || !dr_cpu_softmax_v3())
             fprintf(stderr, "(where no: this build's compiled loops round differently, e.g. an "
                             "unoptimised build without FMA contraction; the compiled loops run, "
                             "and the comparisons below hold trivially for them)\n");
         test_sampled_patterns();
         test_edges();
-        test_silu();
+        test_every_61st(DR_UNARY_SILU);
+        test_every_61st(DR_UNARY_GELU);
         test_unary_ops();
         test_attention();
         test_softmax();

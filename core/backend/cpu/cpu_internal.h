@@ -82,6 +82,7 @@ static inline int dr_cpu_probe(int *state, int (*probe)(void)) {
 int dr_cpu_attention_v3(void);
 int dr_cpu_silu_v3(void);
 int dr_cpu_silu_v4(void);
+int dr_cpu_gelu_v4(void);
 int dr_cpu_unary_v4(void);
 int dr_cpu_softmax_v3(void);
 

@@ -223,23 +223,25 @@ DR_V3_FN static void silu_backward_v3(float *o, const float *go, const float *sv
     }
 }
 
-/* A pair of hand-written silu loops against the compiled ones on 1024 fixed values
- * (a multiple of 8 and of 16). */
-static int silu_probe_pair(void (*fwd)(float *, const float *, int64_t),
-                           void (*bwd)(float *, const float *, const float *, int64_t)) {
+/* A pair of hand-written loops for op against the compiled ones on 1024 fixed
+ * values (a multiple of 8 and of 16). */
+static int probe_pair(dr_unary_op op, void (*fwd)(float *, const float *, int64_t),
+                      void (*bwd)(float *, const float *, const float *, int64_t)) {
     enum { N = 1024 };
     float x[N], g[N], a[N], b[N];
     dr_cpu_probe_values(x, N);
     for (int i = 0; i < N; i++) g[i] = 0.3f * x[(i * 7) % N];
     fwd(a, x, N);
-    forward_chunk(DR_UNARY_SILU, b, x, N, 0, 0);
+    forward_chunk(op, b, x, N, 0, 0);
     int same = memcmp(a, b, sizeof a) == 0;
     bwd(a, g, x, N);
-    backward_chunk(DR_UNARY_SILU, b, g, x, N, 0, 0);
+    backward_chunk(op, b, g, x, N, 0, 0);
     return same && memcmp(a, b, sizeof a) == 0;
 }
 
-static int silu_probe(void) { return silu_probe_pair(silu_forward_v3, silu_backward_v3); }
+static int silu_probe(void) {
+    return probe_pair(DR_UNARY_SILU, silu_forward_v3, silu_backward_v3);
+}
 
 int dr_cpu_silu_v3(void) {
     static int state;
@@ -269,18 +271,57 @@ DR_V4_FN static void silu_backward_v4(float *o, const float *go, const float *sv
     }
 }
 
-static int silu_probe_v4(void) { return silu_probe_pair(silu_forward_v4, silu_backward_v4); }
+static int silu_probe_v4(void) {
+    return probe_pair(DR_UNARY_SILU, silu_forward_v4, silu_backward_v4);
+}
 
 int dr_cpu_silu_v4(void) {
     static int state;
     return dr_cpu_use_v4() && dr_cpu_probe(&state, silu_probe_v4);
 }
+
+/* Exact gelu forward and backward on 16 lanes (AVX-512): forward_map's and
+ * backward_map's operations in GCC's order and contractions, with dr_verfcf16 and
+ * dr_vexpf16 (2^k as one vscalefps), so the same bits (tests/test_vecmath.c
+ * compares them on every 61st float pattern) in 1.3x fewer instructions. */
+DR_V4_FN static void gelu_forward_v4(float *o, const float *in, int64_t n16) {
+    const __m512 half = _mm512_set1_ps(0.5f), c = _mm512_set1_ps(-SQRT_HALF);
+    for (int64_t i = 0; i < n16; i += 16) {
+        __m512 x = _mm512_loadu_ps(in + i);
+        __m512 e = dr_verfcf16(_mm512_mul_ps(x, c));
+        _mm512_storeu_ps(o + i, _mm512_mul_ps(_mm512_mul_ps(x, half), e));
+    }
+}
+
+/* g (erfc(-s/sqrt 2) / 2 + s exp(-s^2/2) / sqrt(2 pi)), the first product fused */
+DR_V4_FN static void gelu_backward_v4(float *o, const float *go, const float *sv, int64_t n16) {
+    const __m512 half = _mm512_set1_ps(0.5f), c = _mm512_set1_ps(-SQRT_HALF);
+    const __m512 mhalf = _mm512_set1_ps(-0.5f), k = _mm512_set1_ps(INV_SQRT_2PI);
+    for (int64_t i = 0; i < n16; i += 16) {
+        __m512 s = _mm512_loadu_ps(sv + i);
+        __m512 e = dr_verfcf16(_mm512_mul_ps(s, c));
+        __m512 d = dr_vexpf16(_mm512_mul_ps(_mm512_mul_ps(s, mhalf), s));
+        d = _mm512_fmadd_ps(e, half, _mm512_mul_ps(_mm512_mul_ps(s, k), d));
+        _mm512_storeu_ps(o + i, _mm512_mul_ps(_mm512_loadu_ps(go + i), d));
+    }
+}
+
+static int gelu_probe_v4(void) {
+    return probe_pair(DR_UNARY_GELU, gelu_forward_v4, gelu_backward_v4);
+}
+
+int dr_cpu_gelu_v4(void) {
+    static int state;
+    return dr_cpu_use_v4() && dr_cpu_probe(&state, gelu_probe_v4);
+}
 #else
 int dr_cpu_silu_v3(void) { return 0; }
 int dr_cpu_silu_v4(void) { return 0; }
+int dr_cpu_gelu_v4(void) { return 0; }
 #endif
 
-/* forward_chunk / backward_chunk, or the v3 silu where the CPU runs it */
+/* forward_chunk / backward_chunk, or the hand-written silu and gelu loops where the
+ * CPU runs them */
 static void forward_any(dr_unary_op op, float *o, const float *in, int64_t n, float p0, float p1) {
 #ifdef DR_HAVE_VEXPF8
     if (op == DR_UNARY_SILU && dr_cpu_silu_v4()) {
@@ -292,6 +333,11 @@ static void forward_any(dr_unary_op op, float *o, const float *in, int64_t n, fl
         int64_t n8 = n / 8 * 8;
         silu_forward_v3(o, in, n8);
         o += n8, in += n8, n -= n8;
+    }
+    if (op == DR_UNARY_GELU && dr_cpu_gelu_v4()) {
+        int64_t n16 = n / 16 * 16;
+        gelu_forward_v4(o, in, n16);
+        o += n16, in += n16, n -= n16;
     }
     if (n > 0 && dr_cpu_unary_v4()) { /* the rest: the clones' code, compiled for v4 */
         forward_chunk_v4(op, o, in, n, p0, p1);
@@ -313,6 +359,11 @@ static void backward_any(dr_unary_op op, float *o, const float *go, const float 
         int64_t n8 = n / 8 * 8;
         silu_backward_v3(o, go, sv, n8);
         o += n8, go += n8, sv += n8, n -= n8;
+    }
+    if (op == DR_UNARY_GELU && dr_cpu_gelu_v4()) {
+        int64_t n16 = n / 16 * 16;
+        gelu_backward_v4(o, go, sv, n16);
+        o += n16, go += n16, sv += n16, n -= n16;
     }
     if (n > 0 && dr_cpu_unary_v4()) { /* the rest: the clones' code, compiled for v4 */
         backward_chunk_v4(op, o, go, sv, n, p0, p1);

@@ -118,14 +118,15 @@ DR_V3_FN __attribute__((always_inline)) static inline __m256 dr_vexpf8(__m256 x)
 #define DR_V4_FN                                                                               \
     __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512cd,avx2,fma"),          \
                    optimize("fp-contract=off")))
+/* dr_vexpf16's steps up to the polynomial: the clamps, k = round(x / ln2) (as the
+ * float kf, and in the low mantissa bits of *t) and p = exp(x - k ln2). */
 DR_V4_FN __attribute__((always_inline)) static inline __m512
-dr_vexpf16_parts(__m512 x, __m512 *s2) {
+dr_vexpf16_poly(__m512 x, __m512 *t_out, __m512 *kf_out) {
     x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
     x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
     const __m512 shifter = _mm512_set1_ps(12582912.0f);
     __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), shifter);
     __m512 kf = _mm512_sub_ps(t, shifter);
-    __m512i k = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B400000));
     __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(-2.12194440e-4f), r);
     __m512 p = _mm512_set1_ps(1.9875691500e-4f);
@@ -134,12 +135,50 @@ dr_vexpf16_parts(__m512 x, __m512 *s2) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    *t_out = t;
+    *kf_out = kf;
+    return _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+}
+
+DR_V4_FN __attribute__((always_inline)) static inline __m512
+dr_vexpf16_parts(__m512 x, __m512 *s2) {
+    __m512 t, kf;
+    __m512 p = dr_vexpf16_poly(x, &t, &kf);
+    __m512i k = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B400000));
     __m512i k1 = _mm512_srai_epi32(k, 1), k2 = _mm512_sub_epi32(k, k1);
     const __m512i bias = _mm512_set1_epi32(127);
     __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k1, bias), 23));
     *s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k2, bias), 23));
     return _mm512_mul_ps(p, s1);
+}
+
+/* The whole exp on 16 lanes, with (p 2^k1) 2^k2 as one vscalefps: p 2^k rounded
+ * once, as there (p 2^k1 is exact, k1 being at least -75; only the last product
+ * rounds, to the same nearest float, subnormal or infinite), in one instruction
+ * instead of seven. For loops that use the whole product. */
+DR_V4_FN __attribute__((always_inline)) static inline __m512 dr_vexpf16(__m512 x) {
+    __m512 t, kf;
+    __m512 p = dr_vexpf16_poly(x, &t, &kf);
+    return _mm512_scalef_ps(p, kf);
+}
+
+/* dr_verfcf on 16 lanes: its operations in GCC's order and contractions (1 + a/2,
+ * the Estrin steps and p - a^2 fused), with dr_vexpf16 for its exp: the same bits. */
+DR_V4_FN __attribute__((always_inline)) static inline __m512 dr_verfcf16(__m512 z) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __mmask16 neg = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ);
+    __m512 a = _mm512_mask_xor_ps(z, neg, z, _mm512_set1_ps(-0.0f));
+    __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(a, _mm512_set1_ps(0.5f), one));
+    __m512 t2 = _mm512_mul_ps(t, t), t4 = _mm512_mul_ps(t2, t2), t8 = _mm512_mul_ps(t4, t4);
+    __m512 q0 = _mm512_fmadd_ps(t, _mm512_set1_ps(1.00002368f), _mm512_set1_ps(-1.26551223f));
+    __m512 q1 = _mm512_fmadd_ps(t, _mm512_set1_ps(0.09678418f), _mm512_set1_ps(0.37409196f));
+    __m512 q2 = _mm512_fmadd_ps(t, _mm512_set1_ps(0.27886807f), _mm512_set1_ps(-0.18628806f));
+    __m512 q3 = _mm512_fmadd_ps(t, _mm512_set1_ps(1.48851587f), _mm512_set1_ps(-1.13520398f));
+    __m512 q4 = _mm512_fmadd_ps(t, _mm512_set1_ps(0.17087277f), _mm512_set1_ps(-0.82215223f));
+    __m512 p = _mm512_fmadd_ps(_mm512_fmadd_ps(q3, t2, q2), t4, _mm512_fmadd_ps(q1, t2, q0));
+    p = _mm512_fmadd_ps(q4, t8, p);
+    __m512 r = _mm512_mul_ps(t, dr_vexpf16(_mm512_fnmadd_ps(a, a, p)));
+    return _mm512_mask_sub_ps(r, neg, _mm512_set1_ps(2.0f), r);
 }
 #endif
 
