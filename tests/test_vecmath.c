@@ -5,13 +5,14 @@
  *   NaNs, infinities) and on the edges of its clamps (the whole 2^32 range was
  *   compared once by hand: 0 mismatches), in builds where the library's probes
  *   found the two equal (optimised GCC); else its accuracy;
- * - silu forward and backward on the same bit patterns, every unary op forward
+ * - dr_vexpf16 (2^k as one vscalefps) against dr_vexpf likewise, on CPUs with AVX-512;
+ * - silu and exact gelu forward and backward on the same bit patterns, every unary op forward
  *   and backward on every 997th pattern (their AVX-512 compilation), attention forward and
  *   backward on several shapes (odd sizes, masks, causal), and softmax / log_softmax
  *   over rows of several lengths (-inf and NaN entries), through the public ops
- *   with dr_cpu_intrinsics at 2 (silu's AVX-512 loops, where the CPU has them) and
- *   1 (AVX2 only), each against 0 (the clones' loops); NaN results match as NaN
- *   (their sign bit may differ).
+ *   with dr_cpu_intrinsics at 2 (silu's, gelu's and softmax's AVX-512 loops, where the
+ *   CPU has them) and 1 (AVX2 only), each against 0 (the clones' loops); NaN results
+ *   match as NaN (their sign bit may differ).
  * On a CPU that is not x86-64-v3, or a compiler without the intrinsics, it says so
  * and checks nothing else. */
 #include <stdint.h>
@@ -314,11 +315,14 @@ static dr_status softmaxes(dr_tensor *const *in, dr_tensor **out, int nout, cons
 }
 
 /* softmax and log_softmax over the last dim: rows of 77 (the tail block), 8 and
- * 1024 (none), 3 (only the tail), 13; scales that push exps to 0; -inf and NaN
- * entries; an odd row count (the last block of rows is short). */
+ * 1024 (none), 3 (only the tail), 13; on 16 lanes also 16 (none), 20 and 40 (a tail
+ * of 4 and 8: the upper half of the tail block is all padding); scales that push
+ * exps to 0; -inf and NaN entries; an odd row count (the last block of rows is
+ * short). */
 static void test_softmax(void) {
-    const int64_t shapes[][2] = {{3001, 77}, {5, 13}, {601, 8}, {4, 1024}, {7, 3}, {9, 77}};
-    const float scales[] = {1.0f, 30.0f, 3.0f, 1.0f, 1.0f, 1.0f};
+    const int64_t shapes[][2] = {{3001, 77}, {5, 13},  {601, 8}, {4, 1024}, {7, 3},
+                                 {9, 77},    {11, 20}, {6, 40},  {5, 16}};
+    const float scales[] = {1.0f, 30.0f, 3.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
     for (size_t ci = 0; ci < sizeof shapes / sizeof shapes[0]; ci++) {
         dr_tensor *x = NULL;
         if (!CHECK_OK(dr_randn(shapes[ci], 2, DR_F32, CPU, NULL, &x))) return;
@@ -342,9 +346,10 @@ int main(void) {
         fprintf(stderr, "hand-written AVX2 loops in use: attention %s, silu %s, softmax %s\n",
                 dr_cpu_attention_v3() ? "yes" : "no", dr_cpu_silu_v3() ? "yes" : "no",
                 dr_cpu_softmax_v3() ? "yes" : "no");
-        fprintf(stderr, "AVX-512 loops in use: silu's and gelu's hand-written %s and %s, the "
-                "unary ops' compiled %s\n", dr_cpu_silu_v4() ? "yes" : "no",
-                dr_cpu_gelu_v4() ? "yes" : "no", dr_cpu_unary_v4() ? "yes" : "no");
+        fprintf(stderr, "AVX-512 loops in use: silu %s, gelu %s, softmax %s (hand-written), "
+                "the unary ops' compiled %s\n", dr_cpu_silu_v4() ? "yes" : "no",
+                dr_cpu_gelu_v4() ? "yes" : "no", dr_cpu_softmax_v4() ? "yes" : "no",
+                dr_cpu_unary_v4() ? "yes" : "no");
         if (!dr_cpu_use_v4())
             fprintf(stderr, "(this CPU is not x86-64-v4: they are not tested)\n");
         /* both compilations of the unary loops are the same C: they must agree */
@@ -353,6 +358,7 @@ int main(void) {
          * the CPU has AVX-512, these must too */
         CHECK(dr_cpu_silu_v4() == (dr_cpu_use_v4() && dr_cpu_silu_v3()));
         CHECK(dr_cpu_gelu_v4() == (dr_cpu_use_v4() && dr_cpu_silu_v3()));
+        CHECK(dr_cpu_softmax_v4() == (dr_cpu_use_v4() && dr_cpu_softmax_v3()));
         if (!dr_cpu_attention_v3() || !dr_cpu_silu_v3() || !dr_cpu_softmax_v3())
             fprintf(stderr, "(where no: this build's compiled loops round differently, e.g. an "
                             "unoptimised build without FMA contraction; the compiled loops run, "

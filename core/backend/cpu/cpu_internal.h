@@ -85,6 +85,7 @@ int dr_cpu_silu_v4(void);
 int dr_cpu_gelu_v4(void);
 int dr_cpu_unary_v4(void);
 int dr_cpu_softmax_v3(void);
+int dr_cpu_softmax_v4(void);
 
 /* Fixed probe inputs: n floats in (-20, 20), none NaN. */
 static inline void dr_cpu_probe_values(float *x, int n) {

@@ -221,30 +221,112 @@ DR_V3_FN static void rows_forward_v3(float *y, const float *x, int64_t n, int lo
     }
 }
 
-/* rows_forward_v3 against row_forward on 4 rows of 77 and 3 of 16 fixed values,
+/* rows_forward_v3 on 16 lanes, for CPUs with AVX-512: the exps of 16 floats at a
+ * time (dr_vexpf16, the same bits as dr_vexpf8 on each lane), their two halves
+ * added to the same 8-lane sums in the same order (blocks 2k and 2k + 1 of 8);
+ * the tail, at most 15 floats, is one masked block of 16 whose -inf lanes add 0.
+ * The max is exact in any order (a NaN element is skipped either way), so the
+ * same bits again. */
+DR_V4_FN static void rows_forward_v4(float *y, const float *x, int64_t n, int log, int rows) {
+    float m[ROWS_V3], sum[ROWS_V3], lanes[LANES];
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        __m512 mv = _mm512_set1_ps(-INFINITY);
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) mv = _mm512_max_ps(_mm512_loadu_ps(xr + i), mv);
+        if (i < n) {
+            __mmask16 live = (__mmask16)((1u << (n - i)) - 1);
+            mv = _mm512_max_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), live, xr + i), mv);
+        }
+        m[r] = _mm512_reduce_max_ps(mv);
+    }
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        const __m512 mm = _mm512_set1_ps(m[r]);
+        __m256 acc = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m512 e = dr_vexpf16(_mm512_sub_ps(_mm512_loadu_ps(xr + i), mm));
+            _mm512_storeu_ps(yr + i, e);
+            acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
+            acc = _mm256_add_ps(acc, _mm512_extractf32x8_ps(e, 1));
+        }
+        if (i < n) { /* the tail as one block, -inf (exp 0) past the row's end */
+            __mmask16 live = (__mmask16)((1u << (n - i)) - 1);
+            __m512 t = _mm512_mask_sub_ps(_mm512_set1_ps(-INFINITY), live,
+                                          _mm512_maskz_loadu_ps(live, xr + i), mm);
+            __m512 e = dr_vexpf16(t);
+            acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
+            acc = _mm256_add_ps(acc, _mm512_extractf32x8_ps(e, 1));
+            _mm512_mask_storeu_ps(yr + i, live, e);
+        }
+        _mm256_storeu_ps(lanes, acc);
+        float sr = 0.0f;
+        for (int j = 0; j < LANES; j++) sr += lanes[j];
+        sum[r] = sr;
+    }
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        int64_t i = 0;
+        if (log) {
+            float ls = logf(sum[r]);
+            const __m512 mm = _mm512_set1_ps(m[r]), lsv = _mm512_set1_ps(ls);
+            for (; i + 16 <= n; i += 16)
+                _mm512_storeu_ps(yr + i,
+                                 _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(xr + i), mm), lsv));
+            if (i < n) {
+                __mmask16 live = (__mmask16)((1u << (n - i)) - 1);
+                __m512 v = _mm512_maskz_loadu_ps(live, xr + i);
+                _mm512_mask_storeu_ps(yr + i, live, _mm512_sub_ps(_mm512_sub_ps(v, mm), lsv));
+            }
+        } else {
+            const __m512 rv = _mm512_set1_ps(1.0f / sum[r]);
+            for (; i + 16 <= n; i += 16)
+                _mm512_storeu_ps(yr + i, _mm512_mul_ps(_mm512_loadu_ps(yr + i), rv));
+            if (i < n) {
+                __mmask16 live = (__mmask16)((1u << (n - i)) - 1);
+                __m512 v = _mm512_maskz_loadu_ps(live, yr + i);
+                _mm512_mask_storeu_ps(yr + i, live, _mm512_mul_ps(v, rv));
+            }
+        }
+    }
+}
+
+/* A rows_forward loop against row_forward on 4 rows of 77 and 3 of 16 fixed values,
  * softmax and log_softmax. */
-static int softmax_probe(void) {
+static int softmax_probe_rows(void (*rows_forward)(float *, const float *, int64_t, int, int)) {
     enum { N = 4 * 77 };
     float x[N], a[N], b[N];
     dr_cpu_probe_values(x, N);
     int same = 1;
     for (int log = 0; log < 2; log++) {
-        rows_forward_v3(a, x, 77, log, 4);
+        rows_forward(a, x, 77, log, 4);
         for (int r = 0; r < 4; r++) row_forward(b + r * 77, x + r * 77, 77, log);
         same = same && memcmp(a, b, sizeof a) == 0;
-        rows_forward_v3(a, x, 16, log, 3);
+        rows_forward(a, x, 16, log, 3);
         for (int r = 0; r < 3; r++) row_forward(b + r * 16, x + r * 16, 16, log);
         same = same && memcmp(a, b, 48 * sizeof(float)) == 0;
     }
     return same;
 }
 
+static int softmax_probe(void) { return softmax_probe_rows(rows_forward_v3); }
+static int softmax_probe_v4(void) { return softmax_probe_rows(rows_forward_v4); }
+
 int dr_cpu_softmax_v3(void) {
     static int state;
     return dr_cpu_probe(&state, softmax_probe);
 }
+
+int dr_cpu_softmax_v4(void) {
+    static int state;
+    return dr_cpu_use_v4() && dr_cpu_probe(&state, softmax_probe_v4);
+}
 #else
 int dr_cpu_softmax_v3(void) { return 0; }
+int dr_cpu_softmax_v4(void) { return 0; }
 #endif
 
 /* ---- entry points ------------------------------------------------------------------- */
@@ -256,12 +338,14 @@ static void run(float *o, const float *a, const float *c, geom g, int log, int b
     if (g.inner == 1) {
 #ifdef DR_HAVE_VEXPF8
         if (!back && dr_cpu_softmax_v3()) {
+            void (*rows_forward)(float *, const float *, int64_t, int, int) =
+                dr_cpu_softmax_v4() ? rows_forward_v4 : rows_forward_v3;
             int64_t blocks = (g.outer + ROWS_V3 - 1) / ROWS_V3;
 #pragma omp parallel for schedule(static) if (total > DR_CPU_PARALLEL_MIN)
             for (int64_t bi = 0; bi < blocks; bi++) {
                 int64_t r0 = bi * ROWS_V3;
                 int rows = g.outer - r0 < ROWS_V3 ? (int)(g.outer - r0) : ROWS_V3;
-                rows_forward_v3(o + r0 * g.n, a + r0 * g.n, g.n, log, rows);
+                rows_forward(o + r0 * g.n, a + r0 * g.n, g.n, log, rows);
             }
             return;
         }
