@@ -1,8 +1,10 @@
 """PyTorch CPU on the shapes of bench/norm_bench.lua: group_norm, softmax, layer_norm,
 silu and gelu, forward and the explicit backward ATen kernels (native_group_norm_backward,
 _softmax_backward_data, native_layer_norm_backward, silu_backward, gelu_backward), like
-diffrl's dr_*_backward. Median and fastest wall ms per call, and GB/s of the same
-nominal traffic (forward 2, backward 3 float32 tensors) from the fastest.
+diffrl's dr_*_backward; gelu also into preallocated outputs ("gelu (out=)": the kernel
+without the page faults of a fresh 42 MB output; bench/rounds_summary.py sets it against
+diffrl's gelu). Median and fastest wall ms per call, and GB/s of the same nominal
+traffic (forward 2, backward 3 float32 tensors) from the fastest.
 
     python3 bench/norm_bench_torch.py [threads] [repeats]
 """
@@ -67,12 +69,24 @@ def gelu():
     return "gelu", shape, timed(lambda: F.gelu(x)), timed(lambda: aten.gelu_backward(g, x))
 
 
+def gelu_out():
+    """gelu into preallocated outputs: the kernel alone. A 42 MB result is above
+    glibc's largest mmap threshold (32 MB), so F.gelu's fresh output is mapped and
+    page-faulted on most calls; diffrl's outputs come from its block cache."""
+    shape = (2, 4096, 1280)
+    x, g = torch.randn(shape), torch.randn(shape)
+    y, gi = torch.empty(shape), torch.empty(shape)
+    fwd = timed(lambda: torch._C._nn.gelu(x, out=y))
+    bwd = timed(lambda: aten.gelu_backward.grad_input(g, x, grad_input=gi))
+    return "gelu (out=)", shape, fwd, bwd
+
+
 print(f"torch {torch.__version__} norm/softmax/unary, {threads} threads, {repeats} repeats, "
       f"float32")
 print(f"{'op':26} {'shape':14} {'fwd ms':>9} {'fwd min':>9} {'fwd GB/s':>9} {'bwd ms':>9} "
       f"{'bwd min':>9} {'bwd GB/s':>9}")
 with torch.no_grad():
-    for case in (group_norm, softmax, layer_norm, silu, gelu):
+    for case in (group_norm, softmax, layer_norm, silu, gelu, gelu_out):
         name, shape, fwd, bwd = case()
         n = 1
         for s in shape:

@@ -1,7 +1,8 @@
 """Summary of bench/rounds.sh's raw outputs: for every case, the fastest diffrl and
 torch times over all rounds (ms; norm and conv: their fastest call of a round,
 block: its median of a round) and the ratio torch / diffrl (above 1: diffrl is
-faster).
+faster). A torch-only row ("gelu (out=)", torch into preallocated outputs) is set
+against diffrl's row of the same name without the suffix.
 
     python3 bench/rounds_summary.py DIR
 """
@@ -52,5 +53,8 @@ for f in glob.glob(os.path.join(d, "block_*.txt")):
 
 print(f"{'case':44} {'part':6} {'diffrl ms':>10} {'torch ms':>10} {'ratio':>6}")
 for name, part in sorted({(k[0], k[1]) for k in best}):
-    ours, torch = best[(name, part, "ours")], best[(name, part, "torch")]
+    # torch-only variants ("gelu (out=)") are set against diffrl's plain case
+    mine = (name, part, "ours") if (name, part, "ours") in best else \
+        (re.sub(r" \(out=\)", "", name), part, "ours")
+    ours, torch = best[mine], best[(name, part, "torch")]
     print(f"{name:44} {part:6} {ours:10.3f} {torch:10.3f} {torch / ours:6.2f}")

@@ -283,7 +283,8 @@ int dr_cpu_silu_v4(void) {
 /* Exact gelu forward and backward on 16 lanes (AVX-512): forward_map's and
  * backward_map's operations in GCC's order and contractions, with dr_verfcf16 and
  * dr_vexpf16 (2^k as one vscalefps), so the same bits (tests/test_vecmath.c
- * compares them on every 61st float pattern) in 1.3x fewer instructions. */
+ * compares them on every 61st float pattern), 1.2x faster than GCC's AVX-512
+ * compilation of those loops (2x4096x1280 on one thread: 9.1 -> 7.5 ms forward). */
 DR_V4_FN static void gelu_forward_v4(float *o, const float *in, int64_t n16) {
     const __m512 half = _mm512_set1_ps(0.5f), c = _mm512_set1_ps(-SQRT_HALF);
     for (int64_t i = 0; i < n16; i += 16) {
@@ -293,7 +294,8 @@ DR_V4_FN static void gelu_forward_v4(float *o, const float *in, int64_t n16) {
     }
 }
 
-/* g (erfc(-s/sqrt 2) / 2 + s exp(-s^2/2) / sqrt(2 pi)), the first product fused */
+/* g (erfc(-s/sqrt 2) / 2 + s exp(-s^2/2) / sqrt(2 pi)), the halving fused into
+ * the sum (as GCC contracts it) */
 DR_V4_FN static void gelu_backward_v4(float *o, const float *go, const float *sv, int64_t n16) {
     const __m512 half = _mm512_set1_ps(0.5f), c = _mm512_set1_ps(-SQRT_HALF);
     const __m512 mhalf = _mm512_set1_ps(-0.5f), k = _mm512_set1_ps(INV_SQRT_2PI);
