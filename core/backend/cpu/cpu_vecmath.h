@@ -155,7 +155,7 @@ dr_vexpf16_parts(__m512 x, __m512 *s2) {
 /* The whole exp on 16 lanes, with (p 2^k1) 2^k2 as one vscalefps: p 2^k rounded
  * once, as there (p 2^k1 is exact, k1 being at least -75; only the last product
  * rounds, to the same nearest float, subnormal or infinite), in one instruction
- * instead of seven. For loops that use the whole product. */
+ * instead of nine. For loops that use the whole product. */
 DR_V4_FN __attribute__((always_inline)) static inline __m512 dr_vexpf16(__m512 x) {
     __m512 t, kf;
     __m512 p = dr_vexpf16_poly(x, &t, &kf);
