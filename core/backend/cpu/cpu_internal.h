@@ -44,9 +44,9 @@ static inline void dr_iter_row(const dr_iter *it, int64_t row, int64_t *off) {
  * once on fixed inputs and keeps the compiled loops where they differ. Where the
  * CPU is x86-64-v4 and the switch is 2 (the default), the loops that have an
  * AVX-512 version run that, the same operations on 16 lanes, so the same bits:
- * silu's (hand-written), every unary op's (compiled for x86-64-v4, probed against
- * the clones) and the GEMM's kernel on pairs of panels. Tests set 0 (compiled
- * loops) and 1 (AVX2 only) to compare. */
+ * silu's, exact gelu's and softmax's rows (hand-written), every unary op's
+ * (compiled for x86-64-v4, probed against the clones) and the GEMM's kernel on
+ * pairs of panels. Tests set 0 (compiled loops) and 1 (AVX2 only) to compare. */
 extern int dr_cpu_intrinsics;
 
 static inline int dr_cpu_use_v3(void) {

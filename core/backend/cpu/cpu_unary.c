@@ -322,24 +322,34 @@ int dr_cpu_silu_v4(void) { return 0; }
 int dr_cpu_gelu_v4(void) { return 0; }
 #endif
 
+#ifdef DR_HAVE_VEXPF8
+/* op's hand-written 16-lane loops, where the CPU runs them; else both NULL */
+typedef struct loops16 {
+    void (*fwd)(float *, const float *, int64_t);
+    void (*bwd)(float *, const float *, const float *, int64_t);
+} loops16;
+
+static loops16 hand_loops_v4(dr_unary_op op) {
+    if (op == DR_UNARY_SILU && dr_cpu_silu_v4()) return (loops16){silu_forward_v4, silu_backward_v4};
+    if (op == DR_UNARY_GELU && dr_cpu_gelu_v4()) return (loops16){gelu_forward_v4, gelu_backward_v4};
+    return (loops16){NULL, NULL};
+}
+#endif
+
 /* forward_chunk / backward_chunk, or the hand-written silu and gelu loops where the
  * CPU runs them */
 static void forward_any(dr_unary_op op, float *o, const float *in, int64_t n, float p0, float p1) {
 #ifdef DR_HAVE_VEXPF8
-    if (op == DR_UNARY_SILU && dr_cpu_silu_v4()) {
+    loops16 v4 = hand_loops_v4(op);
+    if (v4.fwd) {
         int64_t n16 = n / 16 * 16;
-        silu_forward_v4(o, in, n16);
+        v4.fwd(o, in, n16);
         o += n16, in += n16, n -= n16;
     }
     if (op == DR_UNARY_SILU && n >= 8 && dr_cpu_silu_v3()) {
         int64_t n8 = n / 8 * 8;
         silu_forward_v3(o, in, n8);
         o += n8, in += n8, n -= n8;
-    }
-    if (op == DR_UNARY_GELU && dr_cpu_gelu_v4()) {
-        int64_t n16 = n / 16 * 16;
-        gelu_forward_v4(o, in, n16);
-        o += n16, in += n16, n -= n16;
     }
     if (n > 0 && dr_cpu_unary_v4()) { /* the rest: the clones' code, compiled for v4 */
         forward_chunk_v4(op, o, in, n, p0, p1);
@@ -352,20 +362,16 @@ static void forward_any(dr_unary_op op, float *o, const float *in, int64_t n, fl
 static void backward_any(dr_unary_op op, float *o, const float *go, const float *sv, int64_t n,
                          float p0, float p1) {
 #ifdef DR_HAVE_VEXPF8
-    if (op == DR_UNARY_SILU && dr_cpu_silu_v4()) {
+    loops16 v4 = hand_loops_v4(op);
+    if (v4.bwd) {
         int64_t n16 = n / 16 * 16;
-        silu_backward_v4(o, go, sv, n16);
+        v4.bwd(o, go, sv, n16);
         o += n16, go += n16, sv += n16, n -= n16;
     }
     if (op == DR_UNARY_SILU && n >= 8 && dr_cpu_silu_v3()) {
         int64_t n8 = n / 8 * 8;
         silu_backward_v3(o, go, sv, n8);
         o += n8, go += n8, sv += n8, n -= n8;
-    }
-    if (op == DR_UNARY_GELU && dr_cpu_gelu_v4()) {
-        int64_t n16 = n / 16 * 16;
-        gelu_backward_v4(o, go, sv, n16);
-        o += n16, go += n16, sv += n16, n -= n16;
     }
     if (n > 0 && dr_cpu_unary_v4()) { /* the rest: the clones' code, compiled for v4 */
         backward_chunk_v4(op, o, go, sv, n, p0, p1);
