@@ -29,34 +29,24 @@ __attribute__((target("avx2,fma"), noinline)) static void vexp8(const float *x, 
     _mm256_storeu_ps(out, dr_vexpf8(_mm256_loadu_ps(x)));
 }
 
-/* Compares 8 floats; returns how many lanes differ (bit for bit, NaNs included). */
-__attribute__((target("avx2,fma"), noinline)) static int compare8(const float *x) {
-    float vec[8], ref[8];
-    vexp8(x, vec);
-    for (int i = 0; i < 8; i++) ref[i] = dr_vexpf(x[i]);
-    int bad = 0;
-    for (int i = 0; i < 8; i++)
-        if (memcmp(&vec[i], &ref[i], 4) != 0) {
-            if (bad == 0) fprintf(stderr, "exp(%a): dr_vexpf8 %a, dr_vexpf %a\n", x[i], vec[i], ref[i]);
-            bad++;
-        }
-    return bad;
-}
-
 DR_V4_FN __attribute__((noinline)) static void vexp16(const float *x, float *out) {
     _mm512_storeu_ps(out, dr_vexpf16(_mm512_loadu_ps(x)));
 }
 
-/* dr_vexpf16 (2^k by vscalefps) on 16 floats against dr_vexpf (compiled as in
- * compare8: with the clones' contractions): lanes that differ */
-__attribute__((target("avx2,fma"), noinline)) static int compare16(const float *x) {
+/* dr_vexpf8 (lanes 8) or dr_vexpf16 (lanes 16, 2^k by vscalefps) on x against
+ * dr_vexpf compiled here with the clones' contractions; returns how many lanes differ
+ * (bit for bit, NaNs included). */
+__attribute__((target("avx2,fma"), noinline)) static int compare(const float *x, int lanes) {
     float vec[16], ref[16];
-    vexp16(x, vec);
-    for (int i = 0; i < 16; i++) ref[i] = dr_vexpf(x[i]);
+    if (lanes == 16) vexp16(x, vec);
+    else vexp8(x, vec);
+    for (int i = 0; i < lanes; i++) ref[i] = dr_vexpf(x[i]);
     int bad = 0;
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < lanes; i++)
         if (memcmp(&vec[i], &ref[i], 4) != 0) {
-            if (bad == 0) fprintf(stderr, "exp(%a): dr_vexpf16 %a, dr_vexpf %a\n", x[i], vec[i], ref[i]);
+            if (bad == 0)
+                fprintf(stderr, "exp(%a): dr_vexpf%d %a, dr_vexpf %a\n", x[i], lanes, vec[i],
+                        ref[i]);
             bad++;
         }
     return bad;
@@ -79,7 +69,7 @@ static void test_sampled_patterns(void) {
     for (uint64_t u = 0; u < (1ull << 32); u += 61 * 8) {
         for (int i = 0; i < 8; i++) x[i] = from_bits((uint32_t)(u + 61 * (uint64_t)i));
         if (identical) {
-            bad += compare8(x);
+            bad += compare(x, 8);
         } else {
             vexp8(x, vec);
             for (int i = 0; i < 8; i++) {
@@ -99,7 +89,7 @@ static void test_sampled_patterns(void) {
         for (uint64_t u = 0; u < (1ull << 32); u += 61 * 16) {
             float x16[16];
             for (int i = 0; i < 16; i++) x16[i] = from_bits((uint32_t)(u + 61 * (uint64_t)i));
-            bad16 += compare16(x16);
+            bad16 += compare(x16, 16);
         }
         fprintf(stderr, "dr_vexpf16 on as many floats: %lld differ\n", (long long)bad16);
         CHECK(bad16 == 0);
@@ -112,19 +102,15 @@ static void test_edges(void) {
                            88.72f, 88.73f, 89.0f, 89.01f, 1e-30f, -1e-30f, 0.5f, 1e30f,
                            -1e30f, 0.693359375f, -0.34657359f, 0.34657359f, 12582912.0f};
     int n = (int)(sizeof edges / sizeof edges[0]);
-    float x[8];
     int bad = 0;
-    if (dr_cpu_attention_v3())
-        for (int i = 0; i < n; i += 8) {
-            for (int j = 0; j < 8; j++) x[j] = edges[(i + j) % n];
-            bad += compare8(x);
+    for (int lanes = 8; lanes <= 16; lanes += 8) {
+        if (!dr_cpu_attention_v3() || (lanes == 16 && !dr_cpu_use_v4())) continue;
+        for (int i = 0; i < n; i += lanes) {
+            float x[16];
+            for (int j = 0; j < lanes; j++) x[j] = edges[(i + j) % n];
+            bad += compare(x, lanes);
         }
-    if (dr_cpu_attention_v3() && dr_cpu_use_v4())
-        for (int i = 0; i < n; i += 16) {
-            float x16[16];
-            for (int j = 0; j < 16; j++) x16[j] = edges[(i + j) % n];
-            bad += compare16(x16);
-        }
+    }
     CHECK(bad == 0);
     /* what the attention relies on: masked scores (-inf) give 0, NaN stays NaN */
     float v[8] = {-INFINITY, 0.0f, 1.0f, NAN, 89.0f, -104.0f, -1.0f, 2.0f}, out[8];
