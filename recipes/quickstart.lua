@@ -24,7 +24,8 @@
 -- 0.432, 0.73 [0.55, 0.91]; with 32 seeds a prompt -0.075 [-0.121, -0.029]);
 -- spec/quickstart_proof_spec.lua checks it. Other seeds vary: diversity's SP fell in
 -- seeds 1 and 2 too (CIs touching 0), composition and preference rose clearly in seed 1,
--- not in seed 2.
+-- not in seed 2; other kernels' bits draw other trajectories, which fail as often
+-- (docs/results.md, "How often the default passes its proof").
 -- What made the difference (configs/quickstart.lua): a base that draws recognisable
 -- shapes and is biased, not blind, on colour-less prompts (shapes-open; on shapes-base
 -- composition never rose, on shapes-sharp diversity had no colour to reinforce);
