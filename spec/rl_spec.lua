@@ -75,28 +75,31 @@ describe('#cli RL on the tiny pipeline', function()
   end)
 
   it('resumes a run killed mid-iteration to the same weights and metrics, bit for bit', function()
-    local a, b = temp_dir(), temp_dir()
-    local r = h.diffrl(args { 'run.dir=' .. a, 'train.iterations=6', 'checkpoint.every=2' })
+    -- N iterations: the kill comes ~0.2 s after the first checkpoint, and the tiny run
+    -- makes ~25 iterations a second, so N leaves it ~0.5 s to spare (6 raced it)
+    local a, b, N = temp_dir(), temp_dir(), 20
+    local last = ('/checkpoints/step_%06d/'):format(N)
+    local r = h.diffrl(args { 'run.dir=' .. a, 'train.iterations=' .. N, 'checkpoint.every=2' })
     assert.are.equal(0, r.code, r.stderr)
 
     -- the same run, killed with SIGKILL once its first checkpoint exists
     local cmd = { h.shell_quote(h.bin()) }
-    for _, s in ipairs(args { 'run.dir=' .. b, 'train.iterations=6', 'checkpoint.every=2' }) do
+    for _, s in ipairs(args { 'run.dir=' .. b, 'train.iterations=' .. N, 'checkpoint.every=2' }) do
       cmd[#cmd + 1] = h.shell_quote(s)
     end
     os.execute(table.concat(cmd, ' ') .. ' >/dev/null 2>&1 & pid=$!; ' ..
                'for i in $(seq 1 300); do [ -d ' .. b .. '/checkpoints/step_000002 ] && break; sleep 0.05; done; ' ..
                'sleep 0.15; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null')
-    local ok_interrupted = io.open(b .. '/checkpoints/step_000006/state.lua') == nil
+    local ok_interrupted = io.open(b .. last .. 'state.lua') == nil
     r = h.diffrl { 'run', RECIPE, '--resume', b }
     assert.are.equal(0, r.code, r.stderr)
 
     local ma, mb = metrics(a), metrics(b)
-    assert.are.equal(6, #ma)
+    assert.are.equal(N, #ma)
     assert.are.equal(#ma, #mb)
     for i = 1, #ma do assert.are.equal(without_timing(ma[i]), without_timing(mb[i])) end
-    local ta = dr.load(a .. '/checkpoints/step_000006/tensors.safetensors')
-    local tb = dr.load(b .. '/checkpoints/step_000006/tensors.safetensors')
+    local ta = dr.load(a .. last .. 'tensors.safetensors')
+    local tb = dr.load(b .. last .. 'tensors.safetensors')
     local n = 0
     for name, t in pairs(ta) do
       assert.is_not_nil(tb[name], name)
