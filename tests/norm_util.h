@@ -1,7 +1,7 @@
 /*
  * norm_util.h — helpers of test_norm.c and test_softmax.c: smooth and quantized
- * operands, values as doubles, mismatch counts against reference arrays,
- * non-contiguous copies, bitwise comparison.
+ * operands, mismatch counts against reference arrays, non-contiguous copies,
+ * bitwise comparison (on shape_util.h's CPU, su_count and su_get).
  */
 #ifndef DIFFRL_TESTS_NORM_UTIL_H
 #define DIFFRL_TESTS_NORM_UTIL_H
@@ -11,22 +11,14 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "gradcheck.h"
+#include "shape_util.h" /* CPU, su_count, su_get */
 
 #define LEN(a) ((int32_t)(sizeof(a) / sizeof((a)[0])))
-
-static const dr_device CPU = {DR_CPU, 0};
-
-static inline int64_t count(const int64_t *s, int32_t nd) {
-    int64_t n = 1;
-    for (int32_t i = 0; i < nd; i++) n *= s[i];
-    return n;
-}
 
 /* Smooth deterministic values a*sin(...) + offset. */
 static inline dr_tensor *smooth(const int64_t *s, int32_t nd, int32_t dtype, double a,
                                 double offset, int salt) {
-    int64_t n = count(s, nd);
+    int64_t n = su_count(s, nd);
     double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
     for (int64_t i = 0; i < n; i++) v[i] = offset + a * sin(0.71 * (double)i + 0.37 * salt);
     dr_tensor *t = NULL;
@@ -38,7 +30,7 @@ static inline dr_tensor *smooth(const int64_t *s, int32_t nd, int32_t dtype, dou
 /* Multiples of 1/256 in [-2, 2] plus `offset`: exact in float32 for offsets up
  * to 2^14, so x + offset is the same data shifted. */
 static inline dr_tensor *quantized(const int64_t *s, int32_t nd, double offset, int salt) {
-    int64_t n = count(s, nd);
+    int64_t n = su_count(s, nd);
     double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
     for (int64_t i = 0; i < n; i++) v[i] = offset + round(512 * sin(0.71 * (double)i + salt)) / 256;
     dr_tensor *t = NULL;
@@ -47,17 +39,10 @@ static inline dr_tensor *quantized(const int64_t *s, int32_t nd, double offset, 
     return t;
 }
 
-static inline double *values(const dr_tensor *t) {
-    int64_t n = dr_tensor_numel(t);
-    double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
-    CHECK_OK(dr_tensor_to_f64(t, v, n));
-    return v;
-}
-
 /* Number of elements of t farther than rel*|want| + abs from want[] (NaN == NaN). */
 static inline int64_t mismatches(const dr_tensor *t, const double *want, double rel, double abs_tol) {
     int64_t n = dr_tensor_numel(t), bad = 0;
-    double *got = values(t);
+    double *got = su_get(t);
     for (int64_t i = 0; i < n; i++) {
         bool ok = isnan(want[i]) ? isnan(got[i])
                                  : fabs(got[i] - want[i]) <= rel * fabs(want[i]) + abs_tol;
@@ -84,7 +69,7 @@ static inline dr_tensor *strided_copy(const dr_tensor *t) {
 
 static inline bool bitwise_equal(const dr_tensor *a, const dr_tensor *b) {
     int64_t n = dr_tensor_numel(a);
-    double *va = values(a), *vb = values(b);
+    double *va = su_get(a), *vb = su_get(b);
     bool same = n == dr_tensor_numel(b);
     for (int64_t i = 0; same && i < n; i++) same = va[i] == vb[i];
     free(va);

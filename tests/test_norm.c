@@ -27,13 +27,13 @@ static void ref_layer_norm(const double *x, const double *w, const double *b, in
 static void test_layer_norm_forward(void) {
     int64_t s[3] = {2, 3, 5};
     dr_tensor *x = smooth(s, 3, DR_F32, 2, 1.5, 1), *xs = strided_copy(x);
-    double *xv = values(x);
+    double *xv = su_get(x);
     for (int32_t nnorm = 1; nnorm <= 2; nnorm++) {
         const int64_t *shape = s + 3 - nnorm;
-        int64_t cols = count(shape, nnorm), rows = 30 / cols;
+        int64_t cols = su_count(shape, nnorm), rows = 30 / cols;
         dr_tensor *w = smooth(shape, nnorm, DR_F32, 1, 0.5, 2);
         dr_tensor *b = smooth(shape, nnorm, DR_F32, 1, 0, 3);
-        double *wv = values(w), *bv = values(b), y[30], m[30], r[30];
+        double *wv = su_get(w), *bv = su_get(b), y[30], m[30], r[30];
         for (int affine = 0; affine < 4; affine++) {
             bool hw = affine & 1, hb = affine & 2;
             ref_layer_norm(xv, hw ? wv : NULL, hb ? bv : NULL, rows, cols, 1e-5, y, m, r);
@@ -73,7 +73,7 @@ static void test_layer_norm_forward(void) {
 static void test_layer_norm_extremes(void) {
     int64_t s[2] = {2, 1000}, c = 1000;
     dr_tensor *x = smooth(s, 2, DR_F32, 1, 1e4, 5), *out = NULL, *mean = NULL, *rstd = NULL;
-    double *xv = values(x), *y = malloc(2000 * sizeof *y), m[2], r[2];
+    double *xv = su_get(x), *y = malloc(2000 * sizeof *y), m[2], r[2];
     ref_layer_norm(xv, NULL, NULL, 2, 1000, 1e-5, y, m, r);
     if (CHECK_OK(dr_layer_norm(x, &c, 1, NULL, NULL, 1e-5, &out, &mean, &rstd))) {
         CHECK_EQ_INT(mismatches(out, y, 0, 2e-3), 0);
@@ -86,7 +86,7 @@ static void test_layer_norm_extremes(void) {
     CHECK_OK(dr_tensor_full(s, 2, DR_F32, CPU, 3.25, &k));
     CHECK_OK(dr_tensor_full(&c, 1, DR_F32, CPU, 0.5, &b));
     if (CHECK_OK(dr_layer_norm(k, &c, 1, NULL, b, 1e-5, &out, NULL, NULL))) {
-        double *v = values(out);
+        double *v = su_get(out);
         int bad = 0;
         for (int i = 0; i < 2000; i++) bad += v[i] != 0.5;
         CHECK_EQ_INT(bad, 0);
@@ -106,7 +106,7 @@ static void test_layer_norm_half(void) {
     for (int k = 0; k < 2; k++) {
         dr_tensor *x = smooth(s, 2, dts[k], 2, 1, 6), *w = smooth(&c, 1, dts[k], 1, 1, 7);
         dr_tensor *out = NULL, *mean = NULL;
-        double *xv = values(x), *wv = values(w), y[132], m[4], r[4];
+        double *xv = su_get(x), *wv = su_get(w), y[132], m[4], r[4];
         ref_layer_norm(xv, wv, NULL, 4, 33, 1e-5, y, m, r);
         if (CHECK_OK(dr_layer_norm(x, &c, 1, w, NULL, 1e-5, &out, &mean, NULL))) {
             CHECK_EQ_INT(out->scalar_type, dts[k]);
@@ -194,7 +194,7 @@ static void test_layer_norm_shifted_backward(void) {
     }
     dr_tensor *pairs[3][2] = {{gx[0], gx[1]}, {gw[0], gw[1]}, {gb[0], gb[1]}};
     for (int p = 0; p < 3; p++) {
-        double *want = values(pairs[p][0]);
+        double *want = su_get(pairs[p][0]);
         CHECK_EQ_INT(mismatches(pairs[p][1], want, 1e-4, 1e-4), 0);
         free(want);
         dr_tensor_release(pairs[p][0]);
@@ -227,7 +227,7 @@ static void test_layer_norm_threads(void) {
     dr_tensor_release(only);
     CHECK_OK(dr_layer_norm_backward(g, x, &c, 1, mean, rstd, w, NULL, NULL, NULL));
     /* grad_bias = column sums of g */
-    double *gv = values(g), *gbv = values(gb[0]);
+    double *gv = su_get(g), *gbv = su_get(gb[0]);
     for (int64_t j = 0; j < 64; j += 21) {
         double sum = 0;
         for (int64_t r = 0; r < 700; r++) sum += gv[r * 64 + j];
@@ -278,10 +278,10 @@ static void test_group_norm_forward(void) {
     for (int32_t k = 0; k < LEN(cases); k++) {
         const int64_t *s = cases[k].s;
         int32_t nd = cases[k].nd;
-        int64_t n = s[0], c = s[1], hw = count(s + 2, nd - 2), g = cases[k].groups;
+        int64_t n = s[0], c = s[1], hw = su_count(s + 2, nd - 2), g = cases[k].groups;
         dr_tensor *x = smooth(s, nd, DR_F32, 2, 0.7, k), *xs = strided_copy(x);
         dr_tensor *w = smooth(&c, 1, DR_F32, 1, 0.5, 20), *b = smooth(&c, 1, DR_F32, 1, 0, 21);
-        double *xv = values(x), *wv = values(w), *bv = values(b);
+        double *xv = su_get(x), *wv = su_get(w), *bv = su_get(b);
         double *y = malloc((size_t)(n * c * hw) * sizeof *y), m[64], r[64];
         for (int affine = 0; affine < 4; affine++) {
             bool hwt = affine & 1, hb = affine & 2;
@@ -318,7 +318,7 @@ static void test_group_norm_forward(void) {
 static void test_group_norm_extremes(void) {
     int64_t s[4] = {2, 64, 16, 16};
     dr_tensor *x = smooth(s, 4, DR_F32, 1, 1e4, 3), *out = NULL, *rstd = NULL;
-    double *xv = values(x), *y = malloc(2 * 64 * 256 * sizeof *y), m[8], r[8];
+    double *xv = su_get(x), *y = malloc(2 * 64 * 256 * sizeof *y), m[8], r[8];
     ref_group_norm(xv, NULL, NULL, 2, 64, 256, 4, 1e-6, y, m, r);
     if (CHECK_OK(dr_group_norm(x, 4, NULL, NULL, 1e-6, &out, NULL, &rstd))) {
         CHECK_EQ_INT(mismatches(rstd, r, 1e-3, 0), 0);
@@ -347,7 +347,7 @@ static void test_group_norm_shifted_backward(void) {
     }
     dr_tensor *pairs[3][2] = {{gx[0], gx[1]}, {gw[0], gw[1]}, {gb[0], gb[1]}};
     for (int p = 0; p < 3; p++) {
-        double *want = values(pairs[p][0]);
+        double *want = su_get(pairs[p][0]);
         CHECK_EQ_INT(mismatches(pairs[p][1], want, 1e-4, 1e-4), 0);
         free(want);
         dr_tensor_release(pairs[p][0]);
@@ -363,7 +363,7 @@ static void test_group_norm_half(void) {
     for (int k = 0; k < 2; k++) {
         dr_tensor *x = smooth(s, 4, dts[k], 2, 1, 6), *b = smooth(&c, 1, DR_F32, 1, 0, 7);
         dr_tensor *out = NULL;
-        double *xv = values(x), *bv = values(b), y[180], m[6], r[6];
+        double *xv = su_get(x), *bv = su_get(b), y[180], m[6], r[6];
         ref_group_norm(xv, NULL, bv, 2, 6, 15, 3, 1e-5, y, m, r);
         if (CHECK_OK(dr_group_norm(x, 3, NULL, b, 1e-5, &out, NULL, NULL))) {
             CHECK_EQ_INT(out->scalar_type, dts[k]);

@@ -7,7 +7,7 @@
 /* y over dim d of a contiguous [outer, n, inner] view, in double. */
 static void ref_softmax(const double *x, double *y, const int64_t *s, int32_t nd, int32_t d,
                         int take_log) {
-    int64_t outer = count(s, d), n = s[d], inner = count(s + d + 1, nd - d - 1);
+    int64_t outer = su_count(s, d), n = s[d], inner = su_count(s + d + 1, nd - d - 1);
     for (int64_t o = 0; o < outer; o++)
         for (int64_t j = 0; j < inner; j++) {
             const double *xr = x + o * n * inner + j;
@@ -24,7 +24,7 @@ static void ref_softmax(const double *x, double *y, const int64_t *s, int32_t nd
 static void test_softmax_forward(void) {
     int64_t s[3] = {3, 4, 5};
     dr_tensor *x = smooth(s, 3, DR_F32, 4, 0, 1), *xs = strided_copy(x);
-    double *xv = values(x), *want = malloc(60 * sizeof *want);
+    double *xv = su_get(x), *want = malloc(60 * sizeof *want);
     for (int log = 0; log < 2; log++)
         for (int32_t d = 0; d < 3; d++) {
             ref_softmax(xv, want, s, 3, d, log);
@@ -60,13 +60,13 @@ static void test_softmax_extremes(void) {
     double want_log[12] = {log(1 / z), log(e / z), log(e * e / z), -2000 - log(z), -INFINITY,
                            -INFINITY, -1 - log(1 + 1 / e), -log(1 + 1 / e), NAN, NAN, NAN, NAN};
     if (CHECK_OK(dr_softmax(x, 1, &y))) {
-        double *v = values(y);
+        double *v = su_get(y);
         CHECK_EQ_INT(mismatches(y, want, 1e-6, 1e-7), 0);
         CHECK(isfinite(v[0]) && isfinite(v[2]));
         free(v);
     }
     if (CHECK_OK(dr_log_softmax(x, -1, &ly))) {
-        double *v = values(ly);
+        double *v = su_get(ly);
         for (int i = 0; i < 8; i++)
             CHECK(isinf(want_log[i]) ? v[i] == want_log[i]
                                      : fabs(v[i] - want_log[i]) <= 1e-5 * fabs(want_log[i]) + 1e-6);
@@ -96,7 +96,7 @@ static void test_softmax_half(void) {
     int32_t dts[2] = {DR_F16, DR_BF16};
     for (int k = 0; k < 2; k++) {
         dr_tensor *x = smooth(s, 2, dts[k], 5, 0, 2), *y = NULL;
-        double *xv = values(x), *want = malloc(6 * 77 * sizeof *want);
+        double *xv = su_get(x), *want = malloc(6 * 77 * sizeof *want);
         for (int log = 0; log < 2; log++) {
             ref_softmax(xv, want, s, 2, 1, log);
             if (CHECK_OK(log ? dr_log_softmax(x, 1, &y) : dr_softmax(x, 1, &y))) {
@@ -128,7 +128,7 @@ static void test_softmax_threads(void) {
         }
         CHECK(bitwise_equal(y[0], y[1]));
         CHECK(bitwise_equal(dx[0], dx[1]));
-        double *xv = values(x), *want = malloc((size_t)dr_tensor_numel(x) * sizeof *want);
+        double *xv = su_get(x), *want = malloc((size_t)dr_tensor_numel(x) * sizeof *want);
         ref_softmax(xv, want, shapes[k], nds[k], dims[k], 1);
         CHECK_EQ_INT(mismatches(y[1], want, 1e-5, 1e-6), 0);
         free(xv);
