@@ -41,7 +41,6 @@ local function is_list(t)
   return count == array_length(t)
 end
 
-
 -- The shortest of %.15g/%.16g/%.17g that reads back as exactly v.
 local function number_text(v)
   if v ~= v then return 'nan' end
