@@ -50,6 +50,12 @@ describe('recipes/quickstart.lua #cli', function()
       assert.is_truthy(r.stdout:find('\n' .. task .. ' ', 1, true), r.stdout)
     end
     assert.is_number(rows[3].pretrain_loss)
+    -- where the run writes and how to go on after Ctrl-C, first; the folder again last
+    local first = r.stdout:match('^[^\n]*')
+    assert.are.equal(('quickstart: run folder %s; after Ctrl-C `diffrl run %s --resume %s` goes on from its '
+                      .. 'last checkpoint (one every 3 iterations)'):format(dir, RECIPE, dir), first)
+    local last = ('\nrun folder: %s (`diffrl report %s` writes its report.html)\n'):format(dir, dir)
+    assert.are.equal(last, r.stdout:sub(-#last))
     for _, f in ipairs { 'heldout/before.png', 'heldout/after.png', 'samples/step_000003.png',
                          'checkpoints/step_000003/state.lua' } do
       assert.is_truthy(io.open(dir .. '/' .. f), f)

@@ -94,6 +94,11 @@ describe('#cli RL on the tiny pipeline', function()
     local ok_interrupted = io.open(b .. last .. 'state.lua') == nil
     r = h.diffrl { 'run', RECIPE, '--resume', b }
     assert.are.equal(0, r.code, r.stderr)
+    -- it says where it goes on from: the last checkpoint's iteration
+    local resumed = tonumber(r.stdout:match(('^[%%w_]+: resuming %s after iteration (%%d+) of %d\n')
+                                              :format(h.escape_pattern(b), N)))
+    assert.is_number(resumed, r.stdout)
+    assert.is_true(resumed >= 2 and resumed < N and resumed % 2 == 0, r.stdout)
 
     local ma, mb = metrics(a), metrics(b)
     assert.are.equal(N, #ma)

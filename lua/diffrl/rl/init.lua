@@ -27,6 +27,13 @@ setmetatable(M, { __index = function(t, k)
   end
 end })
 
+-- s as one shell word: as it is when it needs no quoting, else in single quotes
+local function shell_word(s)
+  s = tostring(s)
+  if s:match('^[%w%._/%-+=:,@]+$') then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
 local function usage(name, schema, defaults)
   local config = require 'diffrl.config'
   return ([[
@@ -73,7 +80,27 @@ function M.main(spec)
   local pretrain_data = spec.pretrain_data and cfg.pretrain.weight > 0 and spec.pretrain_data(cfg) or nil
   local trainer = M.trainer.new(cfg, { tasks = tasks, resume = args.resume, config_text = config_text,
                                        recipe = spec.name, pretrain_data = pretrain_data })
-  return trainer:train(), trainer
+  if trainer.writer then io.write(M.start_line(spec, cfg, args.resume and trainer.step), '\n') end
+  local last = trainer:train()
+  if trainer.writer then
+    io.write(('run folder: %s (`diffrl report %s` writes its report.html)\n'):format(cfg.run.dir,
+                                                                                    shell_word(cfg.run.dir)))
+  end
+  return last, trainer
+end
+
+-- What a run says first: where it writes and how to go on after Ctrl-C, or where a
+-- resumed run goes on from. resumed_step: nil for a new run.
+function M.start_line(spec, cfg, resumed_step)
+  local script = spec.script or (type(arg) == 'table' and arg[0]) or spec.name or 'RECIPE'
+  local dir = cfg.run.dir
+  if resumed_step then
+    return ('%s: resuming %s after iteration %d of %d'):format(spec.name or 'run', dir, resumed_step,
+                                                               cfg.train.iterations)
+  end
+  return ('%s: run folder %s; after Ctrl-C `diffrl run %s --resume %s` goes on from its last checkpoint '
+          .. '(one every %d iterations)'):format(spec.name or 'run', dir, shell_word(script), shell_word(dir),
+                                                 cfg.checkpoint.every)
 end
 
 return M
