@@ -263,7 +263,7 @@ describe('checkpoints', function()
   it('refuses what state.lua cannot hold before writing anything', function()
     local run, dir = new_run()
     assert_contains(h.error_of(run.save_checkpoint, run, 1, { lua = { f = print } }),
-                    'state.lua.f is a function')
+                    'save_checkpoint: state.lua.f: cannot write a function (state.lua holds numbers')
     assert_contains(h.error_of(run.save_checkpoint, run, 1, { lua = { opt = { m = dr.zeros(2) } } }),
                     'state.lua.opt.m is a tensor; put tensors in state.tensors')
     local cyclic = {}

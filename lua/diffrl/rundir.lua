@@ -35,6 +35,7 @@
 local ffi = require 'ffi'
 local core = require 'diffrl.core'
 local api = require 'diffrl.core.ffi'
+local literal = require 'diffrl.config.literal'
 
 local raise = api.raise
 local M = {}
@@ -291,98 +292,25 @@ M.json_encode = function(v, indent) return json_encode(v, 'json', nil, '', inden
 
 -- ---- Lua values as Lua source (state.lua) ------------------------------------------
 
-local KEYWORDS = {}
-for w in ([[and break do else elseif end false for function goto if in local nil not or
-            repeat return then true until while]]):gmatch('%a+') do KEYWORDS[w] = true end
-
-local KEY_RANK = { number = 1, string = 2, boolean = 3 }
-local function key_before(a, b)
-  local ra, rb = KEY_RANK[type(a)], KEY_RANK[type(b)]
-  if ra ~= rb then return ra < rb end
-  if ra == 3 then return (not a) and b end
-  return a < b
-end
-
-local function lua_number(x)
-  if x ~= x then return '0/0' end
-  if x == math.huge then return '1/0' end
-  if x == -math.huge then return '-1/0' end
-  return format_number(x)
-end
-
-local function lua_literal(v, path)
-  local tv = type(v)
-  if tv == 'number' then return lua_number(v) end
-  if tv == 'string' then return ('%q'):format(v) end
-  if tv == 'boolean' then return tostring(v) end
-  if tv == 'cdata' and (ffi.istype('int64_t', v) or ffi.istype('uint64_t', v)) then
-    return tostring(v) -- 123LL / 123ULL: LuaJIT reads them back as the same cdata
-  end
+-- 64-bit integer cdata as LuaJIT reads them back (123LL, 123ULL); a tensor is refused
+local function state_value(v, path)
+  if type(v) == 'cdata' and (ffi.istype('int64_t', v) or ffi.istype('uint64_t', v)) then return tostring(v) end
   if core.is_tensor(v) then
     raise(('save_checkpoint: %s is a tensor; put tensors in state.tensors'):format(path))
   end
-  raise(('save_checkpoint: %s is a %s, which state.lua cannot hold (numbers, strings, ' ..
-         'booleans, 64-bit integers and tables of them)'):format(path, tv))
 end
 
-local function serialize(v, path, depth, seen, out)
-  if type(v) ~= 'table' then
-    out[#out + 1] = lua_literal(v, path)
-    return
-  end
-  if getmetatable(v) ~= nil and core.is_tensor(v) then lua_literal(v, path) end
-  if seen[v] then raise(('save_checkpoint: %s contains itself'):format(path)) end
-  seen[v] = true
-  local pad = ('  '):rep(depth + 1)
-  local n = 0
-  while v[n + 1] ~= nil do n = n + 1 end
-  local keys = {}
-  for k in pairs(v) do
-    local tk = type(k)
-    if not KEY_RANK[tk] then
-      raise(('save_checkpoint: %s has a %s key; keys must be numbers, strings or booleans')
-        :format(path, tk))
-    end
-    if not (tk == 'number' and k >= 1 and k <= n and k % 1 == 0) then
-      if tk == 'number' and k ~= k then raise(('save_checkpoint: %s has a NaN key'):format(path)) end
-      keys[#keys + 1] = k
-    end
-  end
-  table.sort(keys, key_before)
-  if n == 0 and #keys == 0 then
-    out[#out + 1] = '{}'
-    seen[v] = nil
-    return
-  end
-  out[#out + 1] = '{\n'
-  for i = 1, n do
-    out[#out + 1] = pad
-    serialize(v[i], ('%s[%d]'):format(path, i), depth + 1, seen, out)
-    out[#out + 1] = ',\n'
-  end
-  for _, k in ipairs(keys) do
-    local sub
-    if type(k) == 'string' and k:match('^[%a_][%w_]*$') and not KEYWORDS[k] then
-      out[#out + 1] = pad .. k .. ' = '
-      sub = path .. '.' .. k
-    else
-      local lit = type(k) == 'number' and lua_number(k) or lua_literal(k, path)
-      out[#out + 1] = pad .. '[' .. lit .. '] = '
-      sub = path .. '[' .. lit .. ']'
-    end
-    serialize(v[k], sub, depth + 1, seen, out)
-    out[#out + 1] = ',\n'
-  end
-  out[#out + 1] = ('  '):rep(depth) .. '}'
-  seen[v] = nil
+local function refuse_state(path, problem)
+  raise(('save_checkpoint: %s: %s (state.lua holds numbers, strings, booleans, 64-bit integers and '
+         .. 'tables of them)'):format(path, problem))
 end
 
--- Lua source `return <value>` that reads back as an equal value (numbers exactly).
+-- Lua source `return <value>` that reads back as an equal value (numbers exactly):
+-- diffrl.config.literal's writer, with 64-bit integers, and tables with a metatable
+-- written as plain tables.
 function M.serialize(value, name)
-  local out = { 'return ' }
-  serialize(value, name or 'state', 0, {}, out)
-  out[#out + 1] = '\n'
-  return table.concat(out)
+  return literal.serialize(value, { root = name or 'state', value = state_value, metatables = true,
+                                    refuse = refuse_state })
 end
 
 -- Reads back what serialize wrote, in an empty environment; nil, message if it can't.

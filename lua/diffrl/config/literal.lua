@@ -194,19 +194,32 @@ local function scalar(v)
   if t == 'boolean' then return tostring(v) end
 end
 
-local function key_text(k, path)
+-- k as a key of the table at path
+local function key_text(k, path, refuse)
   if type(k) == 'string' and k:match('^[%a_][%w_]*$') and not KEYWORDS[k] then return k end
   local s = scalar(k)
-  if not s then fail('serialize: %s: cannot write a %s key', path, type(k)) end
+  if not s then refuse(path == '' and 'the table' or path, ('cannot write a %s key'):format(type(k))) end
   return '[' .. s .. ']'
 end
 
 -- tbl -> Lua source 'return { ... }' with sorted keys that load_file reads back to an
--- equal table. opts.header: comment lines on top; opts.skip_functions: functions are
--- written as comments instead of raising.
+-- equal table (numbers exactly). opts:
+--   header          comment lines on top
+--   skip_functions  functions are written as comments instead of refused
+--   root            the table's name in messages (default none: paths start at its keys)
+--   value(v, path)  the text of a value that is neither a number, string, boolean nor a
+--                   table without a metatable (cdata, a table with a metatable), or nil:
+--                   then a table with a metatable is written as a plain table when
+--                   opts.metatables is set, and anything else refused
+--   refuse(path, problem)  raises for what cannot be written (default: "config:
+--                   serialize: PATH: PROBLEM")
 function M.serialize(tbl, opts)
   opts = opts or {}
-  if type(tbl) ~= 'table' then fail('serialize: expected a table, got %s', describe(tbl)) end
+  local refuse = opts.refuse or function(path, problem)
+    fail('serialize: %s%s', path == '' and '' or path .. ': ', problem)
+  end
+  local root = opts.root or ''
+  if type(tbl) ~= 'table' then refuse(root, ('expected a table, got %s'):format(describe(tbl))) end
   local out, active = {}, {}
   if opts.header then
     for line in (opts.header .. '\n'):gmatch('([^\n]*)\n') do out[#out + 1] = '-- ' .. line .. '\n' end
@@ -214,9 +227,14 @@ function M.serialize(tbl, opts)
   local function write(v, indent, path)
     local s = scalar(v)
     if s then out[#out + 1] = s; return end
-    if type(v) ~= 'table' then fail('serialize: %s: cannot write a %s', path, type(v)) end
-    if active[v] then fail('serialize: %s: the table contains itself', path) end
-    if getmetatable(v) ~= nil then fail('serialize: %s: cannot write a table with a metatable', path) end
+    local t = type(v)
+    if t ~= 'table' or getmetatable(v) ~= nil then
+      s = opts.value and opts.value(v, path)
+      if s then out[#out + 1] = s; return end
+      if t ~= 'table' then refuse(path, ('cannot write a %s'):format(t)) end
+      if not opts.metatables then refuse(path, 'cannot write a table with a metatable') end
+    end
+    if active[v] then refuse(path, 'the table contains itself') end
     if next(v) == nil then out[#out + 1] = '{}'; return end
     active[v] = true
     local n = array_length(v)
@@ -239,9 +257,9 @@ function M.serialize(tbl, opts)
         if not in_array then
           local sub = path == '' and tostring(k) or path .. '.' .. tostring(k)
           if type(v[k]) == 'function' and opts.skip_functions then
-            out[#out + 1] = inner .. '-- ' .. key_text(k, sub) .. ' = <function, not saved>\n'
+            out[#out + 1] = inner .. '-- ' .. key_text(k, path, refuse) .. ' = <function, not saved>\n'
           else
-            out[#out + 1] = inner .. key_text(k, sub) .. ' = '
+            out[#out + 1] = inner .. key_text(k, path, refuse) .. ' = '
             write(v[k], inner, sub)
             out[#out + 1] = ',\n'
           end
@@ -252,7 +270,7 @@ function M.serialize(tbl, opts)
     active[v] = nil
   end
   out[#out + 1] = 'return '
-  write(tbl, '', '')
+  write(tbl, '', root)
   out[#out + 1] = '\n'
   return table.concat(out)
 end
