@@ -1,7 +1,8 @@
 -- diffrl.config.literal: Lua literals as text, read and written without running
 -- anything: parse (a table/number/string/boolean literal, for --set values and
 -- `diffrl eval`'s reward options), serialize (a table as `return { ... }` with sorted
--- keys, numbers exact: run_dir/config.lua), and the shortest exact text of a number
+-- keys, numbers exact: run_dir/config.lua, and checkpoints' state.lua through
+-- diffrl.rundir's hooks), and the shortest exact text of a number
 -- and of a value in messages. Errors are raised as "config: ..." (error(msg, 0)).
 -- Pure Lua, as diffrl.config.
 local M = {}
