@@ -109,4 +109,5 @@ for _, a in ipairs(args) do
   print(line)
   all = all and ok
 end
-if not all then os.exit(1) end
+io.stdout:flush()
+if not all then os.exit(1, true) end -- true: close the Lua state first (its finalizers run)
