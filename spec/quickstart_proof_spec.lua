@@ -59,15 +59,17 @@ describe('recipes/quickstart.lua with its defaults #slow #proof', function()
     -- 0.76], +0.024; diversity (statistical parity, lower is fairer, one value per prompt,
     -- 11 prompts) 0.73 [0.55, 0.91], SP change -0.062; with 32 seeds a prompt (a finer
     -- SP, docs/results.md) -0.075 [-0.121, -0.029]
-    local tmp = os.tmpname()
-    os.remove(tmp)
-    local prompts = tmp .. '.txt' -- diffrl eval reads a prompt file by its extension
+    -- the prompt file's name is its set's: diversity.txt, as tools/proof_trajectories
+    -- writes it (proof_checks reads the set 'diversity')
+    local pdir = temp_dir()
+    os.execute('mkdir -p ' .. pdir)
+    local prompts = pdir .. '/diversity.txt'
     h.write_file(prompts, table.concat(require('diffrl.rewards.shapes_tasks').heldout {}.diversity, '\n') .. '\n')
     local out32 = temp_dir()
     r = h.diffrl { 'eval', '--model', 'quickstart=' .. run, '--against', 'base=' .. SRC .. '/models/shapes-open',
                    '--prompts', prompts, '--rewards', 'shapes_diversity', '--seeds', '32', '--steps', '10', '--cfg',
                    '4', '--eta', '1', '--batch', '16', '-o', out32 }
-    os.remove(prompts)
+    os.execute('rm -rf ' .. pdir)
     assert.are.equal(0, r.code, r.stderr)
     local summary32 = cjson.decode(h.read_file(out32 .. '/summary.json'))
     os.execute('rm -rf ' .. run .. ' ' .. out32)
