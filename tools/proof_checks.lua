@@ -44,15 +44,15 @@ local function win_rate(summary, set, what)
   error(('%s: no win rate of the set %q (expected diffrl eval of two models)'):format(what, set), 0)
 end
 
--- s8, s32: decoded summary.json of the two evaluations. A list of { name, ok, rule,
--- win_rate, text } in M.CHECKS' order.
+-- s8, s32: decoded summary.json of the two evaluations. A list of { name, eval, ok,
+-- rule, win_rate, text } in M.CHECKS' order.
 function M.checks(s8, s32)
   local out = {}
   for i, c in ipairs(M.CHECKS) do
     local summary = c.eval == 8 and s8 or s32
     local w = win_rate(summary, c.set, c.eval == 8 and 'eval8/summary.json' or 'eval32/summary.json')
     local ok = c.ok(w)
-    out[i] = { name = c.name, ok = ok, rule = c.rule, win_rate = w,
+    out[i] = { name = c.name, eval = c.eval, ok = ok, rule = c.rule, win_rate = w,
                text = ('%s (%s): %s %s'):format(c.name, c.rule, M.show(w), ok and 'holds' or 'FAILS') }
   end
   return out
@@ -64,7 +64,7 @@ function M.row(label, results)
   local cells, passed = { label }, 0
   for _, r in ipairs(results) do
     local w = r.win_rate
-    local cell = r.name == 'diversity, 32 seeds'
+    local cell = r.eval == 32 -- its SP change alone
         and ('%+.3f [%+.3f, %+.3f]'):format(w.change.mean, w.change.lo, w.change.hi)
         or ('%.3f [%.3f, %.3f], %+.3f'):format(w.rate, w.lo, w.hi, w.change.mean)
     if r.ok then cell, passed = cell .. ' ✓', passed + 1 end
